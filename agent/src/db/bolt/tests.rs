@@ -1,0 +1,115 @@
+use std::borrow::Cow;
+
+use super::*;
+
+fn entry<'a>(key: &'a [u8], value: Vec<u8>) -> WriteEntry<'a> {
+    WriteEntry {
+        key,
+        value: Cow::Owned(value),
+    }
+}
+
+/// Reads every bucket back as (name, sequence, inline, entries).
+fn read_back(data: &[u8]) -> Vec<(Vec<u8>, u64, bool, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let layout = parse(data).expect("written file parses");
+    layout
+        .buckets
+        .iter()
+        .map(|bucket| {
+            let entries = layout
+                .entries(bucket)
+                .iter()
+                .map(|entry| (data[entry.key.clone()].to_vec(), data[entry.value.clone()].to_vec()))
+                .collect();
+            (data[bucket.name.clone()].to_vec(), bucket.sequence, bucket.inline, entries)
+        })
+        .collect()
+}
+
+fn sample_keys(count: usize) -> Vec<[u8; 8]> {
+    (1..=count as u64).map(u64::to_be_bytes).collect()
+}
+
+#[test]
+fn writer_output_reads_back() {
+    let keys = sample_keys(5000);
+    let big_keys = sample_keys(3);
+    let mut buckets = vec![
+        WriteBucket {
+            name: b"users",
+            sequence: 3,
+            entries: vec![entry(b"\0\0\0\0\0\0\0\x01", b"{\"Id\":1}".to_vec())],
+        },
+        WriteBucket {
+            name: b"bulk",
+            sequence: 5000,
+            entries: keys.iter().map(|key| entry(key, key.repeat(4))).collect(),
+        },
+        WriteBucket {
+            name: b"large",
+            sequence: 0,
+            entries: big_keys.iter().map(|key| entry(key, vec![key[7]; 70_000])).collect(),
+        },
+        WriteBucket {
+            name: b"empty",
+            sequence: 9,
+            entries: Vec::new(),
+        },
+    ];
+    for page_size in [1024, 4096, 16384, 65536] {
+        let data = write_database(page_size, 0, &mut buckets).expect("writes");
+        let read = read_back(&data);
+        let names: Vec<&[u8]> = read.iter().map(|bucket| bucket.0.as_slice()).collect();
+        assert_eq!(names, [&b"bulk"[..], b"empty", b"large", b"users"]);
+        assert_eq!(read[0].3.len(), 5000);
+        assert_eq!(read[0].3[4999].1, keys[4999].repeat(4));
+        assert_eq!(read[0].1, 5000);
+        assert!(read[1].2, "empty bucket is inline");
+        assert_eq!(read[1].1, 9);
+        assert_eq!(read[2].3[2].1, vec![3u8; 70_000]);
+        assert!(read[3].2, "small bucket is inline");
+    }
+}
+
+#[test]
+fn writer_rejects_duplicates() {
+    let mut buckets = vec![WriteBucket {
+        name: b"a",
+        sequence: 0,
+        entries: vec![entry(b"k", vec![1]), entry(b"k", vec![2])],
+    }];
+    assert_eq!(write_database(4096, 0, &mut buckets), Err(WriteError::DuplicateKey));
+}
+
+#[test]
+fn written_file_has_no_unreachable_pages() {
+    let keys = sample_keys(3000);
+    let mut buckets = vec![WriteBucket {
+        name: b"bulk",
+        sequence: 0,
+        entries: keys.iter().map(|key| entry(key, vec![7; 300])).collect(),
+    }];
+    let data = write_database(4096, 0, &mut buckets).expect("writes");
+    let layout = parse(&data).expect("parses");
+    assert_eq!(layout.freelist, FreelistForm::Persisted { page: 2, free_pages: 0 });
+    let unreachable: usize = layout
+        .unreachable_ranges()
+        .iter()
+        .filter(|range| range.len() == 4096)
+        .count();
+    assert_eq!(unreachable, 0);
+}
+
+#[test]
+fn truncated_written_file_is_rejected() {
+    let keys = sample_keys(2000);
+    let mut buckets = vec![WriteBucket {
+        name: b"bulk",
+        sequence: 0,
+        entries: keys.iter().map(|key| entry(key, vec![1; 100])).collect(),
+    }];
+    let data = write_database(4096, 0, &mut buckets).expect("writes");
+    for len in (0..data.len()).step_by(997) {
+        assert!(parse(&data[..len]).is_err(), "length {len}");
+    }
+}

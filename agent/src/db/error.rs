@@ -1,0 +1,142 @@
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use super::bolt::{BoltError, WriteError};
+
+/// A failed database operation. Messages name the file and never contain key
+/// material, passwords or database values.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The database file does not exist.
+    #[error("database file {} not found", path.display())]
+    NotFound {
+        /// The path that was looked up.
+        path: PathBuf,
+    },
+    /// The path exists but is not a regular file.
+    #[error("{} is not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Reading a file failed.
+    #[error("failed to read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing, syncing or renaming a file failed.
+    #[error("failed to write {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process (normally Portainer) holds the file's lock.
+    #[error("{} is locked by another process; stop Portainer and retry", path.display())]
+    Locked {
+        /// The locked file.
+        path: PathBuf,
+    },
+    /// The file is not a valid BoltDB file.
+    #[error("{} is not a valid BoltDB file", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: BoltError,
+    },
+    /// No encrypted value authenticates with the key.
+    #[error("the key does not open {}", path.display())]
+    KeyMismatch {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// Some encrypted values authenticate with the key and some do not.
+    #[error(
+        "{failed} of {total} encrypted values in {} do not authenticate with the key; \
+         the file is damaged or mixes keys",
+        path.display()
+    )]
+    ValuesDoNotAuthenticate {
+        /// The database file.
+        path: PathBuf,
+        /// Values that failed.
+        failed: u64,
+        /// Encrypted values checked.
+        total: u64,
+    },
+    /// The output file already exists.
+    #[error("{} already exists; Portainer does not start while portainer.db and portainer.edb both exist", path.display())]
+    AlreadyExists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// The database content cannot be written back as a BoltDB file.
+    #[error("cannot rewrite {} as a BoltDB file", path.display())]
+    Unwritable {
+        /// The database file.
+        path: PathBuf,
+        /// Why the writer rejected it.
+        #[source]
+        source: WriteError,
+    },
+    /// A bucket the operation needs is missing.
+    #[error("bucket {bucket} not found in {}", path.display())]
+    MissingBucket {
+        /// The database file.
+        path: PathBuf,
+        /// The bucket name.
+        bucket: &'static str,
+    },
+    /// The user id is not a key of bucket `users`.
+    #[error("user {id} not found in bucket users of {}", path.display())]
+    UserNotFound {
+        /// The database file.
+        path: PathBuf,
+        /// The user id.
+        id: u64,
+    },
+    /// The user record is not a JSON object.
+    #[error(
+        "user {id} in {} is not a JSON object; if the database is encrypted, pass its key",
+        path.display()
+    )]
+    InvalidUserRecord {
+        /// The database file.
+        path: PathBuf,
+        /// The user id.
+        id: u64,
+    },
+    /// The rewritten copy did not pass verification, so the original was kept.
+    #[error("the rewritten copy {} failed verification ({reason}); the original is unchanged", path.display())]
+    CopyVerificationFailed {
+        /// The temporary copy.
+        path: PathBuf,
+        /// What did not match.
+        reason: &'static str,
+    },
+    /// An argument is unusable.
+    #[error("invalid input: {reason}")]
+    InvalidInput {
+        /// What is wrong and how to fix it.
+        reason: &'static str,
+    },
+}
+
+impl DbError {
+    /// Returns whether the error means "this key does not open the database",
+    /// so a caller can try another candidate key.
+    pub fn is_key_mismatch(&self) -> bool {
+        matches!(self, DbError::KeyMismatch { .. })
+    }
+}

@@ -1,0 +1,91 @@
+//! The `flock` bbolt takes on its database file.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
+use rustix::io::Errno;
+
+use super::error::DbError;
+
+/// Lock mode: bbolt takes an exclusive lock for read-write opens and a shared
+/// one for read-only opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// An open database file with its lock held until drop.
+#[derive(Debug)]
+pub(crate) struct LockedFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl LockedFile {
+    /// Opens `path` and takes the lock without waiting.
+    pub(crate) fn open(path: &Path, mode: LockMode) -> Result<LockedFile, DbError> {
+        let file = File::open(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => DbError::NotFound {
+                path: path.to_path_buf(),
+            },
+            _ => DbError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let metadata = file.metadata().map_err(|source| DbError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !metadata.is_file() {
+            return Err(DbError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+
+        let operation = match mode {
+            LockMode::Shared => FlockOperation::NonBlockingLockShared,
+            LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,
+        };
+        match flock(&file, operation) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => {
+                return Err(DbError::Locked {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(errno) => {
+                return Err(DbError::Read {
+                    path: path.to_path_buf(),
+                    source: errno.into(),
+                });
+            }
+        }
+        Ok(LockedFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Reads the whole file.
+    pub(crate) fn read_all(&self) -> Result<Vec<u8>, DbError> {
+        let read_error = |source| DbError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let len = self.file.metadata().map_err(read_error)?.len();
+        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        (&self.file).read_to_end(&mut data).map_err(read_error)?;
+        Ok(data)
+    }
+
+    pub(crate) fn metadata(&self) -> Result<std::fs::Metadata, DbError> {
+        self.file.metadata().map_err(|source| DbError::Read {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}

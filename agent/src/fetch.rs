@@ -1,0 +1,208 @@
+//! Init mode: fetch every secret, validate all of them, then write all of them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use backends::aws::AwsBackend;
+use backends::file::FileBackend;
+use backends::vault::VaultBackend;
+use backends::{BackendError, SecretBackend};
+use tokio::time::Instant;
+
+use crate::config::{Config, SecretSpec, StoreKind, StoreSpec};
+use crate::exit::ExitStatus;
+use crate::retry::{Backoff, RetryError, retry};
+use crate::value::{Prepared, ValueError, prepare};
+use crate::writer::{Placement, WriteError, remove_stale_temporaries};
+
+/// A failure of `fetch` or `check`, with the status to exit with.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+
+    #[error("secret {secret:?}: {error}")]
+    Backend { secret: String, error: BackendError },
+
+    #[error("secret {secret:?}: gave up after {attempts} attempts because the deadline of {deadline_seconds} s passed; last error: {last}")]
+    Deadline {
+        secret: String,
+        attempts: u32,
+        deadline_seconds: u64,
+        last: BackendError,
+    },
+
+    #[error("{0}")]
+    Value(#[from] ValueError),
+
+    #[error("secret {secret:?}: {error}")]
+    Write { secret: String, error: WriteError },
+
+    #[error("no secret was written because the deadline of {deadline_seconds} s passed")]
+    Timeout { deadline_seconds: u64 },
+}
+
+impl RunError {
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            RunError::Config(_) => ExitStatus::Configuration,
+            RunError::Backend { error, .. } => ExitStatus::of_backend(error),
+            RunError::Deadline { .. } | RunError::Timeout { .. } => ExitStatus::Unavailable,
+            RunError::Value(ValueError::FieldNotFound { .. }) => ExitStatus::NotFound,
+            RunError::Value(ValueError::Invalid { .. }) => ExitStatus::InvalidValue,
+            RunError::Write { .. } => ExitStatus::CannotWrite,
+        }
+    }
+}
+
+/// The stores of a configuration, built once.
+pub type Stores = BTreeMap<String, Arc<dyn SecretBackend>>;
+
+/// Builds a client for every configured store; nothing is sent yet.
+pub fn build_stores(config: &Config) -> Result<Stores, RunError> {
+    let mut stores = Stores::new();
+    for (name, spec) in &config.stores {
+        let backend = build_store(spec).map_err(|error| RunError::Backend {
+            secret: format!("(store {name})"),
+            error,
+        })?;
+        stores.insert(name.clone(), backend);
+    }
+    Ok(stores)
+}
+
+fn build_store(spec: &StoreSpec) -> Result<Arc<dyn SecretBackend>, BackendError> {
+    Ok(match &spec.kind {
+        StoreKind::Vault(settings) => Arc::new(VaultBackend::new(settings.clone())?),
+        StoreKind::Aws(settings) => Arc::new(AwsBackend::new(settings)),
+        StoreKind::File => Arc::new(FileBackend),
+    })
+}
+
+/// Builds the writer settings of a secret.
+pub fn placement(secret: &SecretSpec) -> Placement {
+    Placement {
+        target: secret.target.clone(),
+        mode: secret.mode,
+        owner: secret.owner,
+        allow_disk: secret.allow_disk,
+    }
+}
+
+/// Logs the effective configuration once, without secrets.
+pub fn log_start(config: &Config, command: &str) {
+    let stores: Vec<String> = config
+        .stores
+        .values()
+        .map(|store| format!("{}={}", store.name, store.kind.type_name()))
+        .collect();
+    let secrets: Vec<String> = config
+        .secrets
+        .iter()
+        .map(|secret| format!("{}({})->{}", secret.name, secret.kind.name(), secret.target.display()))
+        .collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        command,
+        stores = %stores.join(" "),
+        secrets = %secrets.join(" "),
+        deadline_seconds = config.deadline.as_secs(),
+        "portainer-key-agent starting"
+    );
+}
+
+/// Fetches and validates every secret, then writes every file.
+///
+/// Nothing is written until every secret has been fetched and validated, so a bad
+/// value never leaves some files new and others old.
+pub async fn run(config: &Config) -> Result<(), RunError> {
+    log_start(config, "fetch");
+    let stores = build_stores(config)?;
+    preflight(config)?;
+
+    let deadline = Instant::now() + config.deadline;
+    let values = tokio::time::timeout_at(deadline, fetch_all(config, &stores, deadline))
+        .await
+        .map_err(|_| RunError::Timeout {
+            deadline_seconds: config.deadline.as_secs(),
+        })??;
+
+    for (secret, prepared) in config.secrets.iter().zip(&values) {
+        write_one(secret, prepared)?;
+    }
+    tracing::info!(files = values.len(), "every file written");
+    Ok(())
+}
+
+/// Checks every target before any network call, and removes stale temporary files.
+fn preflight(config: &Config) -> Result<(), RunError> {
+    for secret in &config.secrets {
+        let removed = remove_stale_temporaries(&secret.target);
+        if removed > 0 {
+            tracing::info!(secret = %secret.name, removed, "removed temporary files left by an interrupted run");
+        }
+        placement(secret).check().map_err(|error| RunError::Write {
+            secret: secret.name.clone(),
+            error,
+        })?;
+    }
+    Ok(())
+}
+
+/// Fetches and prepares every secret in configuration order.
+pub async fn fetch_all(config: &Config, stores: &Stores, deadline: Instant) -> Result<Vec<Prepared>, RunError> {
+    let mut values = Vec::with_capacity(config.secrets.len());
+    for secret in &config.secrets {
+        values.push(fetch_one(config, stores, secret, deadline).await?);
+    }
+    Ok(values)
+}
+
+async fn fetch_one(config: &Config, stores: &Stores, secret: &SecretSpec, deadline: Instant) -> Result<Prepared, RunError> {
+    let store = &stores[&secret.store];
+    let request = secret.request();
+    let what = format!("reading secret {:?} from {}", secret.name, store.describe());
+
+    let value = retry(Backoff::default(), deadline, &what, || store.fetch(&request))
+        .await
+        .map_err(|error| match error {
+            RetryError::Permanent(error) => RunError::Backend {
+                secret: secret.name.clone(),
+                error,
+            },
+            RetryError::DeadlineExceeded { attempts, last } => RunError::Deadline {
+                secret: secret.name.clone(),
+                attempts,
+                deadline_seconds: config.deadline.as_secs(),
+                last,
+            },
+        })?;
+
+    let prepared = prepare(secret, value)?;
+    if !crate::hardening::lock_in_memory(prepared.bytes.expose()) {
+        tracing::debug!(secret = %secret.name, "could not lock the value in memory (RLIMIT_MEMLOCK); it may be swapped out");
+    }
+    tracing::debug!(secret = %secret.name, version = %prepared.version, bytes = prepared.bytes.len(), "secret fetched and validated");
+    Ok(prepared)
+}
+
+fn write_one(secret: &SecretSpec, prepared: &Prepared) -> Result<(), RunError> {
+    let medium = placement(secret)
+        .write(prepared.bytes.expose())
+        .map_err(|error| RunError::Write {
+            secret: secret.name.clone(),
+            error,
+        })?;
+    tracing::info!(
+        secret = %secret.name,
+        kind = secret.kind.name(),
+        target = %secret.target.display(),
+        store = %secret.store,
+        version = %prepared.version,
+        bytes = prepared.bytes.len(),
+        mode = format!("{:04o}", secret.mode),
+        medium = ?medium,
+        "file written"
+    );
+    Ok(())
+}

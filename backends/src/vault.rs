@@ -1,0 +1,722 @@
+//! Vault and OpenBao: Kubernetes or token-file login, KV v1 and v2.
+//!
+//! A thin client over the HTTP API. The KV engine version of each mount is read
+//! from `sys/internal/ui/mounts/<path>` unless the settings fix it, and `data/` or
+//! `metadata/` is inserted only after the mount prefix, so a secret whose own path
+//! starts with `data` keeps it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::Mutex;
+use url::Url;
+use zeroize::Zeroize;
+
+use crate::http::{Transport, send_error};
+use crate::{
+    BackendError, BackendFuture, SecretBackend, SecretBytes, SecretRequest, SecretValue,
+    SecretVersion,
+};
+
+/// The projected service-account token that the kubelet mounts in every pod.
+pub const DEFAULT_KUBERNETES_TOKEN_PATH: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// The mount path of the Kubernetes auth method when none is configured.
+pub const DEFAULT_KUBERNETES_MOUNT: &str = "kubernetes";
+
+/// Largest reply body accepted from Vault.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How the agent proves its identity to Vault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// Kubernetes auth: the service-account JWT is read from `token_path` at every
+    /// login and exchanged for a Vault token bound to `role`.
+    Kubernetes {
+        role: String,
+        mount: String,
+        token_path: PathBuf,
+    },
+    /// A Vault token read from a file at every use, for local runs.
+    TokenFile { path: PathBuf },
+}
+
+/// KV secrets engine version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvVersion {
+    V1,
+    V2,
+}
+
+/// Settings of one Vault or OpenBao server.
+#[derive(Clone, Debug)]
+pub struct VaultSettings {
+    pub address: Url,
+    /// Sent as `X-Vault-Namespace` on every request, login included.
+    pub namespace: Option<String>,
+    pub auth: VaultAuth,
+    /// Skips mount detection; the mount is then the first segment of each path.
+    pub kv_version: Option<KvVersion>,
+    pub transport: Transport,
+}
+
+/// A KV mount as Vault reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KvMount {
+    /// Mount path with its trailing slash, such as `secret/`.
+    prefix: String,
+    version: KvVersion,
+}
+
+/// A Vault or OpenBao server.
+pub struct VaultBackend {
+    settings: VaultSettings,
+    client: reqwest::Client,
+    label: String,
+    token: Mutex<Option<SecretBytes>>,
+    mounts: Mutex<HashMap<String, KvMount>>,
+}
+
+impl std::fmt::Debug for VaultBackend {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("VaultBackend")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultBackend {
+    /// Creates a client; nothing is sent until the first fetch.
+    pub fn new(settings: VaultSettings) -> Result<Self, BackendError> {
+        let label = format!("vault {}", settings.address);
+        let client = settings.transport.client(&label)?;
+        Ok(Self {
+            settings,
+            client,
+            label,
+            token: Mutex::new(None),
+            mounts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Forgets the cached Vault token, so the next call logs in again with a freshly
+    /// read JWT.
+    pub async fn forget_token(&self) {
+        *self.token.lock().await = None;
+    }
+
+    async fn read_secret(&self, request: &SecretRequest) -> Result<SecretValue, BackendError> {
+        let mount = self.mount_for(&request.path).await?;
+        let (url, _) = self.kv_url(&mount, &request.path, "data", request.version.as_deref())?;
+        let body = self.call(Method::GET, url, None, &request.path).await?;
+        let mut reply = parse_json(&self.label, &request.path, &body)?;
+
+        let result = match mount.version {
+            KvVersion::V1 => kv1_value(&self.label, &request.path, &mut reply),
+            KvVersion::V2 => kv2_value(&self.label, &request.path, &mut reply),
+        };
+        wipe_json(&mut reply);
+        result
+    }
+
+    async fn read_version(&self, request: &SecretRequest) -> Result<SecretVersion, BackendError> {
+        let mount = self.mount_for(&request.path).await?;
+        if mount.version == KvVersion::V1 {
+            self.read_secret(request).await?;
+            return Ok(SecretVersion {
+                version: "unversioned".to_owned(),
+            });
+        }
+
+        let (url, _) = self.kv_url(&mount, &request.path, "metadata", None)?;
+        let body = self.call(Method::GET, url, None, &request.path).await?;
+        let reply = parse_json(&self.label, &request.path, &body)?;
+        kv2_metadata_version(&self.label, &request.path, &reply, request.version.as_deref())
+    }
+
+    /// Finds the KV mount that contains `path`, asking Vault once per path.
+    async fn mount_for(&self, path: &str) -> Result<KvMount, BackendError> {
+        if let Some(version) = self.settings.kv_version {
+            let first = path.split('/').next().unwrap_or_default();
+            return Ok(KvMount {
+                prefix: format!("{first}/"),
+                version,
+            });
+        }
+        if let Some(mount) = self.mounts.lock().await.get(path) {
+            return Ok(mount.clone());
+        }
+
+        let url = self.api_url(&["sys", "internal", "ui", "mounts"], path)?;
+        let body = self.call(Method::GET, url, None, path).await?;
+        let reply = parse_json(&self.label, path, &body)?;
+        let mount = parse_mount(&self.label, path, &reply)?;
+        self.mounts.lock().await.insert(path.to_owned(), mount.clone());
+        Ok(mount)
+    }
+
+    /// Builds `/v1/<mount><kind>/<rest>` for KV v2, or `/v1/<path>` for KV v1.
+    fn kv_url(
+        &self,
+        mount: &KvMount,
+        path: &str,
+        kind: &str,
+        version: Option<&str>,
+    ) -> Result<(Url, String), BackendError> {
+        let rest = path.strip_prefix(&mount.prefix).unwrap_or_default();
+        let mut url = match mount.version {
+            KvVersion::V1 => self.api_url(&[], path)?,
+            KvVersion::V2 => {
+                let mount_path = mount.prefix.trim_end_matches('/');
+                self.api_url(&[], &format!("{mount_path}/{kind}/{rest}"))?
+            }
+        };
+        if let Some(version) = version {
+            url.query_pairs_mut().append_pair("version", version);
+        }
+        Ok((url, rest.to_owned()))
+    }
+
+    /// Builds `<address>/v1/<fixed...>/<path segments>`, percent-encoding each segment.
+    fn api_url(&self, fixed: &[&str], path: &str) -> Result<Url, BackendError> {
+        check_path(&self.label, path)?;
+        let mut url = self.settings.address.clone();
+        {
+            let mut segments = url.path_segments_mut().map_err(|()| BackendError::Configuration {
+                store: self.label.clone(),
+                detail: "the address cannot be a base URL".to_owned(),
+                hint: "set address to an http:// or https:// URL".to_owned(),
+            })?;
+            segments.pop_if_empty().push("v1");
+            segments.extend(fixed.iter().copied());
+            segments.extend(path.split('/').filter(|segment| !segment.is_empty()));
+        }
+        Ok(url)
+    }
+
+    /// Sends an authenticated request and returns the reply body for a 2xx status.
+    async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<SecretBytes>,
+        path: &str,
+    ) -> Result<SecretBytes, BackendError> {
+        let token = self.token().await?;
+        let mut headers = self.base_headers()?;
+        headers.insert("X-Vault-Token", sensitive_header(&self.label, token.expose())?);
+
+        let mut builder = self.client.request(method, url).headers(headers);
+        if let Some(body) = body {
+            builder = builder.body(body.expose().to_vec());
+        }
+        let response = builder.send().await.map_err(|error| send_error(&self.label, &error))?;
+        let status = response.status();
+        let reply = read_body(&self.label, response).await?;
+        if status.is_success() {
+            return Ok(reply);
+        }
+        Err(status_error(&self.label, path, status, &reply, Step::Read))
+    }
+
+    fn base_headers(&self) -> Result<HeaderMap, BackendError> {
+        let mut headers = HeaderMap::new();
+        if let Some(namespace) = &self.settings.namespace {
+            let value = HeaderValue::from_str(namespace).map_err(|_| BackendError::Configuration {
+                store: self.label.clone(),
+                detail: format!("namespace {namespace:?} is not a valid header value"),
+                hint: "use a namespace path of printable ASCII characters".to_owned(),
+            })?;
+            headers.insert("X-Vault-Namespace", value);
+        }
+        Ok(headers)
+    }
+
+    /// Returns the cached token, logging in first when there is none.
+    async fn token(&self) -> Result<SecretBytes, BackendError> {
+        let mut cached = self.token.lock().await;
+        if let Some(token) = cached.as_ref() {
+            return Ok(token.clone());
+        }
+
+        let token = match &self.settings.auth {
+            VaultAuth::TokenFile { path } => read_token_file(&self.label, path)?,
+            VaultAuth::Kubernetes {
+                role,
+                mount,
+                token_path,
+            } => self.kubernetes_login(role, mount, token_path).await?,
+        };
+        if matches!(self.settings.auth, VaultAuth::Kubernetes { .. }) {
+            *cached = Some(token.clone());
+        }
+        Ok(token)
+    }
+
+    async fn kubernetes_login(
+        &self,
+        role: &str,
+        mount: &str,
+        token_path: &PathBuf,
+    ) -> Result<SecretBytes, BackendError> {
+        let jwt = read_jwt(&self.label, token_path)?;
+        let jwt_text = std::str::from_utf8(jwt.expose()).map_err(|_| {
+            auth_error(&self.label, format!("{token_path:?} is not UTF-8 text"), "mount the projected service-account token")
+        })?;
+        let mut request = serde_json::json!({ "role": role, "jwt": jwt_text });
+        let body = SecretBytes::new(serde_json::to_vec(&request).unwrap_or_default());
+        wipe_json(&mut request);
+
+        let url = self.api_url(&["auth"], &format!("{mount}/login"))?;
+        let response = self
+            .client
+            .post(url)
+            .headers(self.base_headers()?)
+            .body(body.expose().to_vec())
+            .send()
+            .await
+            .map_err(|error| send_error(&self.label, &error))?;
+        let status = response.status();
+        let reply = read_body(&self.label, response).await?;
+        if !status.is_success() {
+            return Err(status_error(&self.label, mount, status, &reply, Step::Login));
+        }
+
+        let mut parsed = parse_json(&self.label, mount, &reply)?;
+        let token = parsed
+            .pointer("/auth/client_token")
+            .and_then(Value::as_str)
+            .map(|token| SecretBytes::copy_from(token.as_bytes()));
+        wipe_json(&mut parsed);
+        tracing::debug!(store = %self.label, role, mount, "logged in with Kubernetes auth");
+        token.ok_or_else(|| {
+            auth_error(&self.label, "the login reply has no auth.client_token".to_owned(), "check that the auth mount is a Kubernetes auth method")
+        })
+    }
+}
+
+impl SecretBackend for VaultBackend {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn fetch<'a>(&'a self, request: &'a SecretRequest) -> BackendFuture<'a, SecretValue> {
+        Box::pin(self.read_secret(request))
+    }
+
+    fn resolve_version<'a>(
+        &'a self,
+        request: &'a SecretRequest,
+    ) -> BackendFuture<'a, SecretVersion> {
+        Box::pin(self.read_version(request))
+    }
+}
+
+/// The request step, which decides how a 403 is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Login,
+    Read,
+}
+
+fn check_path(store: &str, path: &str) -> Result<(), BackendError> {
+    let bad_segment = path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..");
+    if path.is_empty() || path.starts_with('/') || bad_segment || path.contains(['?', '#']) {
+        return Err(BackendError::Configuration {
+            store: store.to_owned(),
+            detail: format!("invalid Vault path {path:?}"),
+            hint: "write the path as mount/secret, such as secret/portainer, without a leading slash, '.', '..', '?' or '#'".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn sensitive_header(store: &str, token: &[u8]) -> Result<HeaderValue, BackendError> {
+    let mut value = HeaderValue::from_bytes(token).map_err(|_| {
+        auth_error(store, "the Vault token contains characters that are not allowed in a header".to_owned(), "check the token file's content")
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn read_token_file(store: &str, path: &PathBuf) -> Result<SecretBytes, BackendError> {
+    let mut bytes = read_credential_file(store, path, "set auth.path to a file holding a Vault token")?;
+    let trimmed_len = bytes.expose().trim_ascii_end().len();
+    bytes.expose_mut().truncate(trimmed_len);
+    if bytes.is_empty() {
+        return Err(auth_error(store, format!("token file {path:?} is empty"), "write a Vault token into the file"));
+    }
+    Ok(bytes)
+}
+
+fn read_jwt(store: &str, path: &PathBuf) -> Result<SecretBytes, BackendError> {
+    let mut bytes = read_credential_file(
+        store,
+        path,
+        "mount a projected service-account token there, or set auth.token_path",
+    )?;
+    let trimmed_len = bytes.expose().trim_ascii_end().len();
+    bytes.expose_mut().truncate(trimmed_len);
+    if bytes.is_empty() {
+        return Err(auth_error(store, format!("service-account token {path:?} is empty"), "check the projected token volume"));
+    }
+    Ok(bytes)
+}
+
+fn read_credential_file(store: &str, path: &PathBuf, hint: &str) -> Result<SecretBytes, BackendError> {
+    std::fs::read(path)
+        .map(SecretBytes::new)
+        .map_err(|error| auth_error(store, format!("failed to read {path:?}: {error}"), hint))
+}
+
+fn auth_error(store: &str, detail: String, hint: &str) -> BackendError {
+    BackendError::Authentication {
+        store: store.to_owned(),
+        detail,
+        hint: hint.to_owned(),
+    }
+}
+
+async fn read_body(store: &str, mut response: reqwest::Response) -> Result<SecretBytes, BackendError> {
+    let mut body = SecretBytes::default();
+    while let Some(chunk) = response.chunk().await.map_err(|error| send_error(store, &error))? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(BackendError::InvalidResponse {
+                store: store.to_owned(),
+                path: response.url().path().to_owned(),
+                detail: format!("the reply is larger than {MAX_BODY_BYTES} bytes"),
+                hint: "check that address points at Vault or OpenBao".to_owned(),
+            });
+        }
+        body.expose_mut().extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn parse_json(store: &str, path: &str, body: &SecretBytes) -> Result<Value, BackendError> {
+    serde_json::from_slice(body.expose()).map_err(|error| BackendError::InvalidResponse {
+        store: store.to_owned(),
+        path: path.to_owned(),
+        detail: format!("the reply is not JSON ({error})"),
+        hint: "check that address points at Vault or OpenBao".to_owned(),
+    })
+}
+
+/// Overwrites every string in a parsed reply before it is dropped.
+pub(crate) fn wipe_json(value: &mut Value) {
+    match value {
+        Value::String(text) => text.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe_json),
+        Value::Object(map) => map.values_mut().for_each(wipe_json),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// Extracts Vault's error messages, which never contain request secrets.
+fn vault_errors(body: &SecretBytes) -> String {
+    let parsed: Option<Value> = serde_json::from_slice(body.expose()).ok();
+    let messages: Vec<String> = parsed
+        .as_ref()
+        .and_then(|reply| reply.get("errors"))
+        .and_then(Value::as_array)
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|message| message.chars().take(300).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    if messages.is_empty() {
+        "no error message".to_owned()
+    } else {
+        messages.join("; ")
+    }
+}
+
+fn status_error(store: &str, path: &str, status: StatusCode, body: &SecretBytes, step: Step) -> BackendError {
+    let detail = format!("HTTP {} ({})", status.as_u16(), vault_errors(body));
+    let store = store.to_owned();
+    let path = path.to_owned();
+    match (status.as_u16(), step) {
+        (400 | 401 | 403, Step::Login) => BackendError::Authentication {
+            store,
+            detail,
+            hint: "check the role name, its bound service account and namespace, and the auth mount".to_owned(),
+        },
+        (401 | 403, Step::Read) => BackendError::PermissionDenied {
+            store,
+            path,
+            detail,
+            hint: "grant the role's policy read on this path (KV v2: <mount>/data/<path> and <mount>/metadata/<path>; mount detection: sys/internal/ui/mounts/<path>)".to_owned(),
+        },
+        (404, _) => BackendError::NotFound {
+            store,
+            path,
+            detail,
+            hint: "check the mount, the path and the version".to_owned(),
+        },
+        (412 | 429 | 472 | 473, _) | (500..=599, _) => BackendError::Unavailable { store, detail },
+        _ => BackendError::InvalidResponse {
+            store,
+            path,
+            detail,
+            hint: "check the request settings against the Vault server".to_owned(),
+        },
+    }
+}
+
+fn parse_mount(store: &str, path: &str, reply: &Value) -> Result<KvMount, BackendError> {
+    let data = reply.get("data").cloned().unwrap_or(Value::Null);
+    let prefix = data.get("path").and_then(Value::as_str).unwrap_or_default();
+    let engine = data.get("type").and_then(Value::as_str).unwrap_or_default();
+    if prefix.is_empty() || !path.starts_with(prefix) {
+        return Err(BackendError::NotFound {
+            store: store.to_owned(),
+            path: path.to_owned(),
+            detail: "no secrets engine is mounted at this path".to_owned(),
+            hint: "start the path with the KV mount, such as secret/portainer".to_owned(),
+        });
+    }
+    if engine != "kv" && engine != "generic" {
+        return Err(BackendError::InvalidResponse {
+            store: store.to_owned(),
+            path: path.to_owned(),
+            detail: format!("mount {prefix:?} is a {engine:?} engine, not KV"),
+            hint: "point the secret at a KV v1 or v2 mount".to_owned(),
+        });
+    }
+
+    let version = match data.pointer("/options/version").and_then(Value::as_str) {
+        Some("2") => KvVersion::V2,
+        _ => KvVersion::V1,
+    };
+    Ok(KvMount {
+        prefix: prefix.to_owned(),
+        version,
+    })
+}
+
+fn kv1_value(store: &str, path: &str, reply: &mut Value) -> Result<SecretValue, BackendError> {
+    let data = reply.get("data").filter(|data| data.is_object()).ok_or_else(|| missing_data(store, path))?;
+    Ok(SecretValue {
+        bytes: json_bytes(data),
+        is_json_object: true,
+        version: "unversioned".to_owned(),
+    })
+}
+
+fn kv2_value(store: &str, path: &str, reply: &mut Value) -> Result<SecretValue, BackendError> {
+    let version = reply
+        .pointer("/data/metadata/version")
+        .and_then(Value::as_u64)
+        .map(|version| version.to_string())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let data = reply
+        .pointer("/data/data")
+        .filter(|data| data.is_object())
+        .ok_or_else(|| deleted_or_missing(store, path, reply))?;
+    Ok(SecretValue {
+        bytes: json_bytes(data),
+        is_json_object: true,
+        version,
+    })
+}
+
+fn json_bytes(value: &Value) -> SecretBytes {
+    SecretBytes::new(serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn missing_data(store: &str, path: &str) -> BackendError {
+    BackendError::InvalidResponse {
+        store: store.to_owned(),
+        path: path.to_owned(),
+        detail: "the reply has no data object".to_owned(),
+        hint: "check that the path is a KV secret".to_owned(),
+    }
+}
+
+/// Explains a KV v2 reply without data: a deleted or destroyed version.
+fn deleted_or_missing(store: &str, path: &str, reply: &Value) -> BackendError {
+    let deleted = reply
+        .pointer("/data/metadata/deletion_time")
+        .and_then(Value::as_str)
+        .filter(|time| !time.is_empty());
+    let destroyed = reply.pointer("/data/metadata/destroyed").and_then(Value::as_bool) == Some(true);
+    let detail = match (destroyed, deleted) {
+        (true, _) => "this version was destroyed".to_owned(),
+        (false, Some(time)) => format!("this version was deleted at {time}"),
+        (false, None) => return missing_data(store, path),
+    };
+    BackendError::NotFound {
+        store: store.to_owned(),
+        path: path.to_owned(),
+        detail,
+        hint: "undelete the version, or pin or write another one".to_owned(),
+    }
+}
+
+/// Reads the current or pinned version from a KV v2 metadata reply.
+fn kv2_metadata_version(
+    store: &str,
+    path: &str,
+    reply: &Value,
+    pinned: Option<&str>,
+) -> Result<SecretVersion, BackendError> {
+    let version = match pinned {
+        Some(version) => version.to_owned(),
+        None => reply
+            .pointer("/data/current_version")
+            .and_then(Value::as_u64)
+            .map(|version| version.to_string())
+            .ok_or_else(|| missing_data(store, path))?,
+    };
+
+    let entry = reply.pointer(&format!("/data/versions/{version}"));
+    let Some(entry) = entry else {
+        return Err(BackendError::NotFound {
+            store: store.to_owned(),
+            path: path.to_owned(),
+            detail: format!("version {version} does not exist"),
+            hint: "pin a version listed by the metadata endpoint".to_owned(),
+        });
+    };
+    let mut wrapped = serde_json::json!({ "data": { "metadata": entry } });
+    if let Some(metadata) = wrapped.pointer_mut("/data/metadata") {
+        metadata["version"] = Value::from(version.parse::<u64>().unwrap_or_default());
+    }
+    match deleted_or_missing(store, path, &wrapped) {
+        error @ BackendError::NotFound { .. } => Err(error),
+        _ => Ok(SecretVersion { version }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(kv_version: Option<KvVersion>) -> VaultBackend {
+        VaultBackend::new(VaultSettings {
+            address: Url::parse("http://127.0.0.1:8200").expect("url"),
+            namespace: None,
+            auth: VaultAuth::TokenFile {
+                path: PathBuf::from("/nonexistent"),
+            },
+            kv_version,
+            transport: Transport::default(),
+        })
+        .expect("backend")
+    }
+
+    #[test]
+    fn kv2_url_inserts_data_after_mount_only() {
+        let vault = backend(None);
+        let mount = KvMount {
+            prefix: "secret/".to_owned(),
+            version: KvVersion::V2,
+        };
+
+        let (url, _) = vault.kv_url(&mount, "secret/data/portainer", "data", Some("3")).expect("url");
+
+        assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/secret/data/data/portainer?version=3");
+    }
+
+    #[test]
+    fn kv2_url_handles_nested_mount() {
+        let vault = backend(None);
+        let mount = KvMount {
+            prefix: "team/kv/".to_owned(),
+            version: KvVersion::V2,
+        };
+
+        let (url, _) = vault.kv_url(&mount, "team/kv/portainer", "metadata", None).expect("url");
+
+        assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/team/kv/metadata/portainer");
+    }
+
+    #[test]
+    fn kv1_url_is_the_path() {
+        let vault = backend(None);
+        let mount = KvMount {
+            prefix: "kv/".to_owned(),
+            version: KvVersion::V1,
+        };
+
+        let (url, _) = vault.kv_url(&mount, "kv/portainer", "data", None).expect("url");
+
+        assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/kv/portainer");
+    }
+
+    #[test]
+    fn path_traversal_is_rejected() {
+        let vault = backend(None);
+
+        for path in ["../sys/raw", "secret/../../x", "/secret/x", "secret/x?version=1", ""] {
+            let error = vault.api_url(&[], path).expect_err(path);
+            assert!(matches!(error, BackendError::Configuration { .. }), "{path}: {error}");
+        }
+    }
+
+    #[test]
+    fn status_403_on_read_is_permission_denied() {
+        let body = SecretBytes::copy_from(br#"{"errors":["permission denied"]}"#);
+
+        let error = status_error("vault", "secret/x", StatusCode::FORBIDDEN, &body, Step::Read);
+
+        assert!(matches!(error, BackendError::PermissionDenied { .. }), "{error}");
+        assert!(error.to_string().contains("permission denied"));
+    }
+
+    #[test]
+    fn status_503_is_transient() {
+        let body = SecretBytes::copy_from(br#"{"errors":["Vault is sealed"]}"#);
+
+        let error = status_error("vault", "secret/x", StatusCode::SERVICE_UNAVAILABLE, &body, Step::Read);
+
+        assert!(error.is_transient());
+    }
+
+    #[test]
+    fn deleted_version_is_explained() {
+        let reply = serde_json::json!({"data": {"data": null, "metadata": {"version": 2, "deletion_time": "2026-01-01T00:00:00Z", "destroyed": false}}});
+
+        let error = deleted_or_missing("vault", "secret/x", &reply);
+
+        assert!(matches!(error, BackendError::NotFound { .. }), "{error}");
+        assert!(error.to_string().contains("deleted at 2026-01-01"), "{error}");
+    }
+
+    #[test]
+    fn mount_reply_with_options_version_2() {
+        let reply = serde_json::json!({"data": {"path": "secret/", "type": "kv", "options": {"version": "2"}}});
+
+        let mount = parse_mount("vault", "secret/portainer", &reply).expect("mount");
+
+        assert_eq!(mount.prefix, "secret/");
+        assert_eq!(mount.version, KvVersion::V2);
+    }
+
+    #[test]
+    fn mount_reply_of_other_engine_is_rejected() {
+        let reply = serde_json::json!({"data": {"path": "transit/", "type": "transit", "options": null}});
+
+        let error = parse_mount("vault", "transit/keys/x", &reply).expect_err("transit");
+
+        assert!(error.to_string().contains("not KV"), "{error}");
+    }
+
+    #[test]
+    fn wipe_json_clears_strings() {
+        let mut value = serde_json::json!({"key": "secret", "list": ["a"]});
+
+        wipe_json(&mut value);
+
+        assert_eq!(value, serde_json::json!({"key": "", "list": [""]}));
+    }
+}
