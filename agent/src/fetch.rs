@@ -21,15 +21,24 @@ pub enum RunError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
 
+    #[error("store {store:?}: {error}")]
+    Store {
+        store: String,
+        error: Box<BackendError>,
+    },
+
     #[error("secret {secret:?}: {error}")]
-    Backend { secret: String, error: BackendError },
+    Backend {
+        secret: String,
+        error: Box<BackendError>,
+    },
 
     #[error("secret {secret:?}: gave up after {attempts} attempts because the deadline of {deadline_seconds} s passed; last error: {last}")]
     Deadline {
         secret: String,
         attempts: u32,
         deadline_seconds: u64,
-        last: BackendError,
+        last: Box<BackendError>,
     },
 
     #[error("{0}")]
@@ -46,7 +55,9 @@ impl RunError {
     pub fn exit_status(&self) -> ExitStatus {
         match self {
             RunError::Config(_) => ExitStatus::Configuration,
-            RunError::Backend { error, .. } => ExitStatus::of_backend(error),
+            RunError::Store { error, .. } | RunError::Backend { error, .. } => {
+                ExitStatus::of_backend(error)
+            }
             RunError::Deadline { .. } | RunError::Timeout { .. } => ExitStatus::Unavailable,
             RunError::Value(ValueError::FieldNotFound { .. }) => ExitStatus::NotFound,
             RunError::Value(ValueError::Invalid { .. }) => ExitStatus::InvalidValue,
@@ -62,9 +73,9 @@ pub type Stores = BTreeMap<String, Arc<dyn SecretBackend>>;
 pub fn build_stores(config: &Config) -> Result<Stores, RunError> {
     let mut stores = Stores::new();
     for (name, spec) in &config.stores {
-        let backend = build_store(spec).map_err(|error| RunError::Backend {
-            secret: format!("(store {name})"),
-            error,
+        let backend = build_store(spec).map_err(|error| RunError::Store {
+            store: name.clone(),
+            error: Box::new(error),
         })?;
         stores.insert(name.clone(), backend);
     }
@@ -168,13 +179,13 @@ async fn fetch_one(config: &Config, stores: &Stores, secret: &SecretSpec, deadli
         .map_err(|error| match error {
             RetryError::Permanent(error) => RunError::Backend {
                 secret: secret.name.clone(),
-                error,
+                error: Box::new(error),
             },
             RetryError::DeadlineExceeded { attempts, last } => RunError::Deadline {
                 secret: secret.name.clone(),
                 attempts,
                 deadline_seconds: config.deadline.as_secs(),
-                last,
+                last: Box::new(last),
             },
         })?;
 

@@ -69,10 +69,10 @@ impl AwsBackend {
             .send()
             .await
             .map_err(|error| self.classify(&request.path, &error))?;
-        self.into_value(&request.path, output)
+        self.value_from_output(&request.path, output)
     }
 
-    fn into_value(
+    fn value_from_output(
         &self,
         path: &str,
         mut output: GetSecretValueOutput,

@@ -59,7 +59,23 @@ impl Config {
                 "failed to read the file: {error}; pass --config with a readable TOML file"
             )],
         })?;
-        Self::from_toml_str(&text, &source)
+        let table: toml::Table = text.parse().map_err(|error: toml::de::Error| ConfigError {
+            source: source.clone(),
+            problems: vec![format!("invalid TOML: {}", error.to_string().trim_end())],
+        })?;
+        let mut config = Self::from_table(table, &source)?;
+        config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    /// Makes relative file-store paths relative to the configuration file's directory.
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        for secret in &mut self.secrets {
+            let is_file_store = matches!(self.stores[&secret.store].kind, StoreKind::File);
+            if is_file_store && !secret.path.starts_with('/') {
+                secret.path = base.join(&secret.path).to_string_lossy().into_owned();
+            }
+        }
     }
 
     /// Parses and validates TOML text; `source` names it in errors.

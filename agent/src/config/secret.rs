@@ -175,9 +175,6 @@ impl SecretToml {
             return None;
         };
         match store {
-            Some(StoreKind::File) if !path.starts_with('/') => {
-                problems.push(format!("{label}.path: {path:?} must be an absolute file path for a file store"));
-            }
             Some(StoreKind::Vault(_)) if path.starts_with('/') || path.split('/').any(|part| part == ".." || part == ".") => {
                 problems.push(format!("{label}.path: {path:?} must be mount/secret, such as \"secret/portainer\", without a leading '/' or '..'"));
             }

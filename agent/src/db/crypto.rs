@@ -72,7 +72,8 @@ impl PortainerKey {
             return Ok(value);
         }
         self.open_in_place(&mut value)?;
-        value.truncate(value.len() - TAG_SIZE);
+        let plaintext_end = value.len() - TAG_SIZE;
+        value.truncate(plaintext_end);
         value.drain(..NONCE_SIZE);
         Ok(value)
     }

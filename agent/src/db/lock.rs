@@ -1,7 +1,7 @@
 //! The `flock` bbolt takes on its database file.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, flock};
@@ -70,7 +70,7 @@ impl LockedFile {
         })
     }
 
-    /// Reads the whole file.
+    /// Reads the whole file from its start.
     pub(crate) fn read_all(&self) -> Result<Vec<u8>, DbError> {
         let read_error = |source| DbError::Read {
             path: self.path.clone(),
@@ -78,6 +78,7 @@ impl LockedFile {
         };
         let len = self.file.metadata().map_err(read_error)?.len();
         let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        (&self.file).seek(SeekFrom::Start(0)).map_err(read_error)?;
         (&self.file).read_to_end(&mut data).map_err(read_error)?;
         Ok(data)
     }

@@ -17,6 +17,7 @@ mod lock;
 mod parallel;
 mod password;
 mod rotate;
+mod user_json;
 mod verify;
 
 use std::path::{Path, PathBuf};

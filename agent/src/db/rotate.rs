@@ -284,7 +284,9 @@ fn reencrypt(data: &mut [u8], layout: &Layout, keys: &KeyPair) -> Result<Counts,
             base = end;
         }
         workers.into_iter().try_fold(Counts::default(), |total, worker| {
-            let counts = worker.join().unwrap_or(Err(AuthenticationFailed))?;
+            let counts = worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
             Ok(Counts {
                 encrypted: total.encrypted + counts.encrypted,
                 pass_through: total.pass_through + counts.pass_through,
