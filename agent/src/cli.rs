@@ -42,6 +42,11 @@ pub enum Command {
         #[arg(long)]
         connect: bool,
     },
+
+    /// Offline tools for Portainer's database: verify a key, rotate it, encrypt a
+    /// plaintext database, reset the admin password. Portainer must be stopped.
+    #[command(after_long_help = EXIT_STATUS_HELP)]
+    Db(crate::db::cli::DbArgs),
 }
 
 /// Where the configuration comes from: a file, or the flags below.
@@ -325,6 +330,7 @@ mod tests {
         match cli.command {
             Command::Fetch(source) => source.load(),
             Command::Check { source, .. } => source.load(),
+            Command::Db(_) => panic!("db takes no store configuration"),
         }
     }
 

@@ -22,6 +22,8 @@ pub enum ExitStatus {
     Unavailable = 69,
     /// A bug: the agent reached a state it should not.
     Internal = 70,
+    /// Standard output could not be written.
+    OutputFailed = 74,
     /// A target file cannot be written safely.
     CannotWrite = 73,
     /// A file is locked by another process, such as a running Portainer.
@@ -35,6 +37,27 @@ pub enum ExitStatus {
 impl ExitStatus {
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// Returns the status with this numeric code, or `Internal` for an unknown one.
+    pub fn from_code(code: u8) -> Self {
+        const ALL: [ExitStatus; 12] = [
+            ExitStatus::Success,
+            ExitStatus::CheckFailed,
+            ExitStatus::Usage,
+            ExitStatus::InvalidValue,
+            ExitStatus::NotFound,
+            ExitStatus::Unavailable,
+            ExitStatus::Internal,
+            ExitStatus::CannotWrite,
+            ExitStatus::OutputFailed,
+            ExitStatus::Locked,
+            ExitStatus::Denied,
+            ExitStatus::Configuration,
+        ];
+        ALL.into_iter()
+            .find(|status| status.code() == code)
+            .unwrap_or(ExitStatus::Internal)
     }
 
     /// Maps a store error to the status an operator acts on.
@@ -62,6 +85,7 @@ Exit status:
   69  the store stayed unavailable until the deadline
   70  internal error
   73  a target file cannot be written safely (not tmpfs, symlink, directory, permissions)
+  74  the report could not be written to standard output
   75  a database file is locked by another process (Portainer is running)
   77  authentication failed or access was denied
   78  the configuration is invalid";

@@ -152,12 +152,27 @@ fn preflight(config: &Config) -> Result<(), RunError> {
         if removed > 0 {
             tracing::info!(secret = %secret.name, removed, "removed temporary files left by an interrupted run");
         }
+        warn_unusual_key_name(secret);
         placement(secret).check().map_err(|error| RunError::Write {
             secret: secret.name.clone(),
             error,
         })?;
     }
     Ok(())
+}
+
+/// Warns when an encryption key's file name is not Portainer's default, because
+/// Portainer silently runs unencrypted when `--secret-key-name` does not match it.
+fn warn_unusual_key_name(secret: &SecretSpec) {
+    let name = secret.target.file_name().unwrap_or_default();
+    if secret.kind == crate::config::SecretKind::EncryptionKey && name != "portainer" {
+        tracing::warn!(
+            secret = %secret.name,
+            target = %secret.target.display(),
+            "Portainer reads the key from /run/secrets/<--secret-key-name>, default \"portainer\"; pass --secret-key-name {} to Portainer or it will run unencrypted",
+            name.to_string_lossy()
+        );
+    }
 }
 
 /// Fetches and prepares every secret in configuration order.
@@ -191,7 +206,7 @@ async fn fetch_one(config: &Config, stores: &Stores, secret: &SecretSpec, deadli
 
     let prepared = prepare(secret, value)?;
     if !crate::hardening::lock_in_memory(prepared.bytes.expose()) {
-        tracing::debug!(secret = %secret.name, "could not lock the value in memory (RLIMIT_MEMLOCK); it may be swapped out");
+        tracing::warn!(secret = %secret.name, "failed to lock the value in memory because RLIMIT_MEMLOCK is too low; it could be swapped out");
     }
     tracing::debug!(secret = %secret.name, version = %prepared.version, bytes = prepared.bytes.len(), "secret fetched and validated");
     Ok(prepared)

@@ -21,6 +21,11 @@ pub fn run(cli: Cli) -> ExitStatus {
     logging::init(cli.log_level, cli.log_format);
     hardening::disable_core_dumps();
 
+    let command = match cli.command {
+        Command::Db(args) => return run_db(args),
+        command => command,
+    };
+
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -30,9 +35,10 @@ pub fn run(cli: Cli) -> ExitStatus {
     };
 
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Fetch(source) => fetch::run(&source.load()?).await,
             Command::Check { source, connect } => check::run(&source.load()?, connect).await,
+            Command::Db(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
@@ -41,6 +47,17 @@ pub fn run(cli: Cli) -> ExitStatus {
             let status = error.exit_status();
             tracing::error!(exit_status = status.code(), "{error}");
             status
+        }
+    }
+}
+
+fn run_db(args: db::cli::DbArgs) -> ExitStatus {
+    match db::cli::run(args) {
+        Ok(()) => ExitStatus::Success,
+        Err(error) => {
+            let code = error.exit_code();
+            tracing::error!(exit_status = code, "{error}");
+            ExitStatus::from_code(code)
         }
     }
 }

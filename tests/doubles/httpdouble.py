@@ -3,7 +3,7 @@
 Each double is a ThreadingHTTPServer bound to 127.0.0.1. The handler speaks
 HTTP/1.1 with keep-alive and writes every reply (status line, headers and
 body) in one write: a reply sent in two writes stalls keep-alive clients for
-about 40 ms, because Nagle's algorithm holds the second write until the
+about 40 ms, because Nagle's algorithm delays the second write until the
 client's delayed ACK arrives.
 """
 

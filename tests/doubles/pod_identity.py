@@ -4,10 +4,9 @@
 
 AWS SDKs reach it through AWS_CONTAINER_CREDENTIALS_FULL_URI and send the
 contents of AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE as the Authorization
-header. The double answers `GET <path>` with temporary credentials when the
+header. The double returns temporary credentials for `GET <path>` when the
 header equals the token file's contents (read again on every request, so a
-test can rotate it), the way the real agent answers once EKS Auth accepted the
-token:
+test can rotate it), as the real agent does once EKS Auth accepted the token:
 
     {"AccessKeyId": ..., "SecretAccessKey": ..., "Token": ..., "AccountId": ..., "Expiration": ...}
 

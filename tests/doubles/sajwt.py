@@ -1,9 +1,9 @@
 """Builds Kubernetes service account JWTs for the tests.
 
 The tokens are syntactically real (RS256 header, the claims a projected
-service account token carries) but the signature is random bytes, so only a
-party that does not verify signatures, such as OpenBao's Kubernetes auth
-method with TokenReview, will take them.
+service account token carries), but the signature is random bytes. Only a
+party that does not verify signatures accepts them, such as OpenBao's
+Kubernetes auth method when it delegates to TokenReview.
 """
 
 import base64

@@ -11,7 +11,7 @@ TOKENS.json maps each accepted JWT to its service account:
 
 Both files are read again on every request, so a test can add or revoke a
 token while the server runs. The caller must send `Authorization: Bearer
-<jwt>` with the reviewer JWT (401 otherwise, as the API server answers an
+<jwt>` with the reviewer JWT (401 otherwise, as the API server returns to an
 unauthenticated caller). A caller whose bearer is an accepted service account
 token but not the reviewer gets 403, as a service account without the
 system:auth-delegator role does.

@@ -23,10 +23,14 @@ pub struct ServiceAccount {
 
 impl ServiceAccount {
     pub fn new(namespace: &str, name: &str, uid: &str) -> Self {
-        Self { namespace: namespace.to_owned(), name: name.to_owned(), uid: uid.to_owned() }
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+        }
     }
 
-    /// A fresh one-hour JWT for this account (not yet accepted by any double).
+    /// Builds a fresh one-hour JWT for this account (not yet accepted by any double).
     pub fn jwt(&self) -> String {
         jwt::service_account_jwt(&self.namespace, &self.name, &self.uid)
     }
@@ -47,16 +51,28 @@ impl TokenReview {
     /// Starts the double with a reviewer JWT and no accepted tokens.
     pub fn start() -> Self {
         let dir = TempDir::new().expect("temporary directory");
-        let reviewer_jwt = jwt::service_account_jwt("kube-system", "openbao-reviewer", "reviewer-uid");
+        let reviewer_jwt =
+            jwt::service_account_jwt("kube-system", "openbao-reviewer", "reviewer-uid");
         let reviewer_file = dir.path().join("reviewer.jwt");
         std::fs::write(&reviewer_file, &reviewer_jwt).expect("write reviewer JWT");
         let tokens_file = dir.path().join("tokens.json");
         std::fs::write(&tokens_file, "{}").expect("write tokens file");
 
         let mut command = python_double("tokenreview.py");
-        command.arg("--tokens").arg(&tokens_file).arg("--reviewer-token-file").arg(&reviewer_file);
+        command
+            .arg("--tokens")
+            .arg(&tokens_file)
+            .arg("--reviewer-token-file")
+            .arg(&reviewer_file);
         let (process, url) = start_double("tokenreview.py", command);
-        Self { process, url, reviewer_jwt, tokens_file, accepted: Mutex::default(), _dir: dir }
+        Self {
+            process,
+            url,
+            reviewer_jwt,
+            tokens_file,
+            accepted: Mutex::default(),
+            _dir: dir,
+        }
     }
 
     /// Base URL, for OpenBao's `kubernetes_host`.
@@ -108,7 +124,10 @@ impl TokenReview {
             })
             .collect();
         // The double reads the file on every request: replace it atomically.
-        write_atomically(&self.tokens_file, Value::Object(document).to_string().as_bytes());
+        write_atomically(
+            &self.tokens_file,
+            Value::Object(document).to_string().as_bytes(),
+        );
     }
 }
 
@@ -134,7 +153,12 @@ impl PodIdentity {
         let mut command = python_double("pod_identity.py");
         command.arg("--token-file").arg(&token_file);
         let (process, base_url) = start_double("pod_identity.py", command);
-        Self { process, base_url, token_file, _dir: dir }
+        Self {
+            process,
+            base_url,
+            token_file,
+            _dir: dir,
+        }
     }
 
     /// Value for `AWS_CONTAINER_CREDENTIALS_FULL_URI`.
@@ -159,7 +183,7 @@ impl PodIdentity {
         self.get_json("/_double/requests")
     }
 
-    /// Every credential set handed out so far, as the JSON the client received.
+    /// Returns every credential set handed out so far, as the JSON the client received.
     pub fn issued_credentials(&self) -> Vec<Value> {
         match self.get_json("/_double/issued") {
             Value::Array(items) => items,
@@ -181,7 +205,13 @@ impl PodIdentity {
 }
 
 fn pod_identity_jwt() -> String {
-    jwt::service_account_jwt_with("portainer", "portainer", "pod-identity-uid", &[POD_IDENTITY_AUDIENCE], 3600)
+    jwt::service_account_jwt_with(
+        "portainer",
+        "portainer",
+        "pod-identity-uid",
+        &[POD_IDENTITY_AUDIENCE],
+        3600,
+    )
 }
 
 fn python_double(script: &str) -> Command {
@@ -205,7 +235,10 @@ fn start_double(name: &str, command: Command) -> (ServerProcess, String) {
 
 /// Writes `contents` to a sibling temporary file and renames it over `path`.
 pub fn write_atomically(path: &Path, contents: &[u8]) {
-    let file_name = path.file_name().expect("path has a file name").to_string_lossy();
+    let file_name = path
+        .file_name()
+        .expect("path has a file name")
+        .to_string_lossy();
     let temporary = path.with_file_name(format!(".{file_name}.tmp"));
     std::fs::write(&temporary, contents).expect("write temporary file");
     std::fs::rename(&temporary, path).expect("rename temporary file into place");

@@ -68,7 +68,8 @@ async fn send_async(
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|error| error.to_string())?;
-    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|error| error.to_string())?;
+    let method =
+        reqwest::Method::from_bytes(method.as_bytes()).map_err(|error| error.to_string())?;
     let mut request = client.request(method, url);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -78,7 +79,11 @@ async fn send_async(
     }
     let response = request.send().await.map_err(|error| format!("{error:#}"))?;
     let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(|error| error.to_string())?.to_vec();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|error| error.to_string())?
+        .to_vec();
     Ok(Response { status, body })
 }
 
@@ -86,8 +91,13 @@ async fn send_async(
 pub fn send_json_ok(method: &str, url: &str, headers: &[(&str, &str)], body: &Value) -> Response {
     let mut all_headers = vec![("Content-Type", "application/json")];
     all_headers.extend_from_slice(headers);
-    let response = send(method, url, &all_headers, Some(body.to_string().into_bytes()))
-        .unwrap_or_else(|error| panic!("{method} {url} failed: {error}"));
+    let response = send(
+        method,
+        url,
+        &all_headers,
+        Some(body.to_string().into_bytes()),
+    )
+    .unwrap_or_else(|error| panic!("{method} {url} failed: {error}"));
     assert!(
         (200..300).contains(&response.status),
         "{method} {url} returned {}: {}",

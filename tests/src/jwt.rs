@@ -20,12 +20,12 @@ pub const DEFAULT_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local
 
 static SERIAL: AtomicU64 = AtomicU64::new(0);
 
-/// A one-hour token for `NS/NAME` with the API server's default audience.
+/// Builds a one-hour token for `NS/NAME` with the API server's default audience.
 pub fn service_account_jwt(namespace: &str, name: &str, uid: &str) -> String {
     service_account_jwt_with(namespace, name, uid, &[DEFAULT_AUDIENCE], 3600)
 }
 
-/// A token with the given audiences that expires `lifetime_seconds` from now
+/// Builds a token with the given audiences that expires `lifetime_seconds` from now
 /// (negative for an expired token).
 pub fn service_account_jwt_with(
     namespace: &str,
@@ -34,7 +34,10 @@ pub fn service_account_jwt_with(
     audiences: &[&str],
     lifetime_seconds: i64,
 ) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
     let now = i64::try_from(now).expect("time fits i64");
     let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
     let unique = format!("{}-{serial}-{now}", std::process::id());

@@ -7,6 +7,8 @@
 //! missing tool fails the test with that instruction instead of skipping it.
 
 pub mod agent;
+pub mod checks;
+pub mod config;
 pub mod doubles;
 pub mod fs;
 pub mod http;
@@ -16,7 +18,8 @@ pub mod openbao;
 pub mod paths;
 pub mod process;
 
-pub use agent::{Agent, AgentOutput};
+pub use agent::{Agent, AgentOutput, write_config};
+pub use checks::{Expected, assert_absent, assert_file, assert_log_free_of};
 pub use doubles::{PodIdentity, ServiceAccount, TokenReview};
 pub use fs::{DiskDir, FileFacts, Tmpfs};
 pub use moto::Moto;

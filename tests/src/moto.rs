@@ -62,20 +62,32 @@ impl Moto {
             ("X-Amz-Date", "20261204T000000Z"),
             ("Authorization", authorization.as_str()),
         ];
-        http::send("POST", &format!("{}/", self.url), &headers, Some(body.to_string().into_bytes()))
-            .unwrap_or_else(|error| panic!("Secrets Manager {action} failed: {error}"))
+        http::send(
+            "POST",
+            &format!("{}/", self.url),
+            &headers,
+            Some(body.to_string().into_bytes()),
+        )
+        .unwrap_or_else(|error| panic!("Secrets Manager {action} failed: {error}"))
     }
 
     fn secrets_manager_ok(&self, action: &str, body: &Value) -> Value {
         let response = self.secrets_manager(action, body);
-        assert_eq!(response.status, 200, "Secrets Manager {action}: {}", response.text());
+        assert_eq!(
+            response.status,
+            200,
+            "Secrets Manager {action}: {}",
+            response.text()
+        );
         response.json()
     }
 
     /// Creates a secret with a SecretString; returns its ARN.
     pub fn create_secret_string(&self, name: &str, value: &str) -> String {
-        let response =
-            self.secrets_manager_ok("CreateSecret", &json!({ "Name": name, "SecretString": value }));
+        let response = self.secrets_manager_ok(
+            "CreateSecret",
+            &json!({ "Name": name, "SecretString": value }),
+        );
         string_field(&response, "ARN")
     }
 
@@ -94,13 +106,45 @@ impl Moto {
         if !stages.is_empty() {
             body["VersionStages"] = json!(stages);
         }
-        string_field(&self.secrets_manager_ok("PutSecretValue", &body), "VersionId")
+        string_field(
+            &self.secrets_manager_ok("PutSecretValue", &body),
+            "VersionId",
+        )
     }
 
     /// Adds a SecretBinary version (staged AWSCURRENT); returns its VersionId.
     pub fn put_secret_binary(&self, name: &str, value: &[u8]) -> String {
         let body = json!({ "SecretId": name, "SecretBinary": STANDARD.encode(value) });
-        string_field(&self.secrets_manager_ok("PutSecretValue", &body), "VersionId")
+        string_field(
+            &self.secrets_manager_ok("PutSecretValue", &body),
+            "VersionId",
+        )
+    }
+
+    /// Secret access keys and session tokens that STS handed out so far
+    /// (AssumeRole and AssumeRoleWithWebIdentity), from moto's state dump.
+    ///
+    /// moto's AssumeRoleWithWebIdentity accepts any token; these tests check the
+    /// agent's side of IRSA, not the token validation that AWS performs.
+    pub fn issued_sts_secrets(&self) -> Vec<String> {
+        let url = format!("{}/moto-api/data.json", self.url);
+        let response = http::send("GET", &url, &[], None)
+            .unwrap_or_else(|error| panic!("GET {url} failed: {error}"));
+        assert_eq!(response.status, 200, "GET {url}: {}", response.text());
+        let state = response.json();
+        let roles = state
+            .pointer("/sts/AssumedRole")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        roles
+            .iter()
+            .flat_map(|role| {
+                ["secret_access_key", "session_token"].map(|field| role.get(field).cloned())
+            })
+            .flatten()
+            .filter_map(|value| value.as_str().map(str::to_owned))
+            .collect()
     }
 
     /// Server log, for failure messages.

@@ -55,7 +55,9 @@ impl OpenBao {
                 Err(output) => last_output = output,
             }
         }
-        panic!("OpenBao dev server did not start in {START_ATTEMPTS} attempts; last output:\n{last_output}");
+        panic!(
+            "OpenBao dev server did not start in {START_ATTEMPTS} attempts; last output:\n{last_output}"
+        );
     }
 
     fn try_start() -> Result<Self, String> {
@@ -95,12 +97,24 @@ impl OpenBao {
             }
             if matches!(http::send("GET", &health, &[], None), Ok(response) if response.status == 200)
             {
-                let client = BaoClient { address, token: root_token, namespace: None };
-                return Ok(Self { process: server, client, audit_log, _home: home });
+                let client = BaoClient {
+                    address,
+                    token: root_token,
+                    namespace: None,
+                };
+                return Ok(Self {
+                    process: server,
+                    client,
+                    audit_log,
+                    _home: home,
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(format!("no healthy response from {health} within {START_TIMEOUT:?}:\n{}", server.output()))
+        Err(format!(
+            "no healthy response from {health} within {START_TIMEOUT:?}:\n{}",
+            server.output()
+        ))
     }
 
     /// Root client, in the root namespace.
@@ -112,18 +126,20 @@ impl OpenBao {
         &self.client.token
     }
 
-    /// Every Vault token that appeared in a request or response so far, from the
-    /// audit log: the root token, tokens created by tests and login results.
+    /// Collects every Vault token seen in a request or response so far, from the
+    /// audit log. These include the root token, tokens created by tests and login results.
     pub fn client_tokens_seen(&self) -> BTreeSet<String> {
         let log = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
         let mut tokens = BTreeSet::new();
         for line in log.lines() {
-            let Ok(entry) = serde_json::from_str::<Value>(line) else { continue };
+            let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
             for pointer in ["/auth/client_token", "/response/auth/client_token"] {
-                if let Some(token) = entry.pointer(pointer).and_then(Value::as_str) {
-                    if !token.is_empty() {
-                        tokens.insert(token.to_owned());
-                    }
+                if let Some(token) = entry.pointer(pointer).and_then(Value::as_str)
+                    && !token.is_empty()
+                {
+                    tokens.insert(token.to_owned());
                 }
             }
         }
@@ -153,14 +169,20 @@ impl BaoClient {
         &self.token
     }
 
-    /// The same client, sending `X-Vault-Namespace: namespace`.
+    /// Returns the same client, sending `X-Vault-Namespace: namespace`.
     pub fn in_namespace(&self, namespace: &str) -> BaoClient {
-        BaoClient { namespace: Some(namespace.to_owned()), ..self.clone() }
+        BaoClient {
+            namespace: Some(namespace.to_owned()),
+            ..self.clone()
+        }
     }
 
-    /// The same client with another token.
+    /// Returns the same client with another token.
     pub fn with_token(&self, token: &str) -> BaoClient {
-        BaoClient { token: token.to_owned(), ..self.clone() }
+        BaoClient {
+            token: token.to_owned(),
+            ..self.clone()
+        }
     }
 
     /// Sends a request to `/v1/{path}` and returns the response, whatever its status.
@@ -213,7 +235,10 @@ impl BaoClient {
             KvVersion::V1 => "1",
             KvVersion::V2 => "2",
         };
-        self.write(&format!("sys/mounts/{mount}"), &json!({ "type": "kv", "options": { "version": version } }));
+        self.write(
+            &format!("sys/mounts/{mount}"),
+            &json!({ "type": "kv", "options": { "version": version } }),
+        );
     }
 
     /// Writes `data` at `path` of a KV v2 mount and returns the new version number.
@@ -232,17 +257,26 @@ impl BaoClient {
 
     /// Soft-deletes versions of a KV v2 secret (recoverable with undelete).
     pub fn kv2_soft_delete(&self, mount: &str, path: &str, versions: &[u64]) {
-        self.write(&format!("{mount}/delete/{path}"), &json!({ "versions": versions }));
+        self.write(
+            &format!("{mount}/delete/{path}"),
+            &json!({ "versions": versions }),
+        );
     }
 
     /// Destroys versions of a KV v2 secret for good.
     pub fn kv2_destroy(&self, mount: &str, path: &str, versions: &[u64]) {
-        self.write(&format!("{mount}/destroy/{path}"), &json!({ "versions": versions }));
+        self.write(
+            &format!("{mount}/destroy/{path}"),
+            &json!({ "versions": versions }),
+        );
     }
 
     /// Writes an ACL policy.
     pub fn write_policy(&self, name: &str, hcl: &str) {
-        self.write(&format!("sys/policies/acl/{name}"), &json!({ "policy": hcl }));
+        self.write(
+            &format!("sys/policies/acl/{name}"),
+            &json!({ "policy": hcl }),
+        );
     }
 
     /// Writes a policy that allows reading `paths` (API paths, such as `secret/data/x`).
@@ -273,7 +307,10 @@ impl BaoClient {
     /// when `disable_local_ca_jwt` is set, so a throwaway CA certificate is passed;
     /// over http it is never used.
     pub fn enable_kubernetes_auth(&self, mount: &str, tokenreview: &TokenReview) {
-        self.write(&format!("sys/auth/{mount}"), &json!({ "type": "kubernetes" }));
+        self.write(
+            &format!("sys/auth/{mount}"),
+            &json!({ "type": "kubernetes" }),
+        );
         self.write(
             &format!("auth/{mount}/config"),
             &json!({
@@ -286,7 +323,13 @@ impl BaoClient {
     }
 
     /// Creates a Kubernetes auth role bound to one service account.
-    pub fn write_kubernetes_role(&self, mount: &str, role: &str, account: &ServiceAccount, policies: &[&str]) {
+    pub fn write_kubernetes_role(
+        &self,
+        mount: &str,
+        role: &str,
+        account: &ServiceAccount,
+        policies: &[&str],
+    ) {
         self.write(
             &format!("auth/{mount}/role/{role}"),
             &json!({

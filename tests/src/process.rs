@@ -32,7 +32,10 @@ impl ServerProcess {
     /// # Panics
     /// When the program cannot be started.
     pub fn spawn(name: &str, mut command: Command) -> Self {
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = command
             .spawn()
             .unwrap_or_else(|error| panic!("failed to start {name} ({command:?}): {error}"));
@@ -41,7 +44,11 @@ impl ServerProcess {
         let stderr = child.stderr.take().expect("stderr is piped");
         drain(stdout, Arc::clone(&log));
         drain(stderr, Arc::clone(&log));
-        Self { name: name.to_owned(), child, log }
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
     }
 
     /// Waits for an output line that `parse` maps to a value, and returns that value.
@@ -63,7 +70,12 @@ impl ServerProcess {
                     break;
                 }
                 let wait = remaining.min(Duration::from_millis(100));
-                drop(self.log.changed.wait_timeout(lines, wait).expect("output log lock"));
+                drop(
+                    self.log
+                        .changed
+                        .wait_timeout(lines, wait)
+                        .expect("output log lock"),
+                );
             }
             self.assert_running();
         }
@@ -79,7 +91,11 @@ impl ServerProcess {
         if let Ok(Some(status)) = self.child.try_wait() {
             // Give the drain threads a moment to collect the last lines.
             thread::sleep(Duration::from_millis(100));
-            panic!("{} exited with {status}; output:\n{}", self.name, self.output());
+            panic!(
+                "{} exited with {status}; output:\n{}",
+                self.name,
+                self.output()
+            );
         }
     }
 
@@ -139,7 +155,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// Another process can take it before the caller binds it; callers that cannot
 /// pass port 0 to their server retry on a bind failure.
@@ -150,7 +166,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A port P on 127.0.0.1 such that P and P + 1 were both free a moment ago.
+/// Returns a port P on 127.0.0.1 such that P and P + 1 were both free a moment ago.
 ///
 /// OpenBao's dev server listens on P for the API and on P + 1 for cluster traffic.
 pub fn free_port_pair() -> u16 {
