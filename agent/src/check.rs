@@ -25,7 +25,7 @@ pub async fn run(config: &Config, connect: bool) -> Result<(), RunError> {
 
     let stores = build_stores(config)?;
     let deadline = Instant::now() + config.deadline;
-    let values = tokio::time::timeout_at(deadline, fetch_all(config, &stores, deadline))
+    let values = tokio::time::timeout_at(deadline, fetch_all(config, &stores, None, deadline))
         .await
         .map_err(|_| RunError::Timeout {
             deadline_seconds: config.deadline.as_secs(),
@@ -46,7 +46,10 @@ pub async fn run(config: &Config, connect: bool) -> Result<(), RunError> {
     Ok(())
 }
 
-#[allow(clippy::print_stdout, reason = "check reports its result on stdout for scripts")]
+#[allow(
+    clippy::print_stdout,
+    reason = "check reports its result on stdout for scripts"
+)]
 fn print_line(line: &str) {
     println!("{line}");
 }

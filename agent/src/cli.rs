@@ -14,11 +14,23 @@ use crate::logging::{LogFormat, LogLevel};
 #[command(name = "portainer-key-agent", version, after_long_help = EXIT_STATUS_HELP)]
 pub struct Cli {
     /// Log verbosity of the agent (libraries log warnings only).
-    #[arg(long, global = true, value_enum, default_value = "info", env = "PORTAINER_KEY_AGENT_LOG_LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "info",
+        env = "PORTAINER_KEY_AGENT_LOG_LEVEL"
+    )]
     pub log_level: LogLevel,
 
     /// Log line format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "PORTAINER_KEY_AGENT_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PORTAINER_KEY_AGENT_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
@@ -29,7 +41,15 @@ pub struct Cli {
 pub enum Command {
     /// Fetch every secret, validate it, and write it atomically (init container mode).
     #[command(after_long_help = EXIT_STATUS_HELP)]
-    Fetch(SourceArgs),
+    Fetch {
+        #[command(flatten)]
+        source: SourceArgs,
+
+        /// Portainer's data directory: write an encryption key only in a version that
+        /// opens its portainer.edb, trying the current, pending and previous versions.
+        #[arg(long, value_name = "DATA_DIR", env = "PORTAINER_KEY_AGENT_VERIFY_DB")]
+        verify_db: Option<PathBuf>,
+    },
 
     /// Validate the configuration; with --connect, also read and validate every secret
     /// without writing anything.
@@ -41,6 +61,31 @@ pub enum Command {
         /// Authenticate, read and validate every secret; write nothing.
         #[arg(long)]
         connect: bool,
+    },
+
+    /// Rotate Portainer's database key: obtain a new key (pending in the store, or
+    /// generated and stored as pending), re-encrypt the database, then promote the new
+    /// key. Portainer must be stopped. Safe to run again after an interruption.
+    #[command(after_long_help = EXIT_STATUS_HELP)]
+    RotateKey {
+        #[command(flatten)]
+        source: SourceArgs,
+
+        /// Name of the encryption-key secret, when the configuration has several.
+        #[arg(long)]
+        secret: Option<String>,
+
+        /// Portainer's data directory, holding portainer.edb.
+        #[arg(long, value_name = "DATA_DIR", default_value = "/data")]
+        data_dir: PathBuf,
+
+        /// Show the plan; change nothing in the store or the database.
+        #[arg(long)]
+        dry_run: bool,
+
+        /// Keep a copy of the database under the old key at this path.
+        #[arg(long, value_name = "FILE")]
+        backup: Option<PathBuf>,
     },
 
     /// Offline tools for Portainer's database: verify a key, rotate it, encrypt a
@@ -93,7 +138,12 @@ pub struct QuickArgs {
     pub vault_namespace: Option<String>,
 
     /// Vault login method.
-    #[arg(long, value_enum, default_value = "kubernetes", env = "PORTAINER_KEY_AGENT_VAULT_AUTH")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "kubernetes",
+        env = "PORTAINER_KEY_AGENT_VAULT_AUTH"
+    )]
     pub vault_auth: VaultMethod,
 
     /// Vault role for Kubernetes auth.
@@ -193,12 +243,19 @@ impl SourceArgs {
             (Some(path), None) => Config::from_file(path),
             (Some(path), Some(_)) => Err(ConfigError {
                 source: path.display().to_string(),
-                problems: vec!["--config and --store are both set; use one or the other".to_owned()],
+                problems: vec![
+                    "--config and --store are both set; use one or the other".to_owned(),
+                ],
             }),
-            (None, Some(store)) => Config::from_table(self.quick.table(store), "command-line flags"),
+            (None, Some(store)) => {
+                Config::from_table(self.quick.table(store), "command-line flags")
+            }
             (None, None) => Err(ConfigError {
                 source: "command-line flags".to_owned(),
-                problems: vec!["no configuration: pass --config FILE, or --store with --key-path (see --help)".to_owned()],
+                problems: vec![
+                    "no configuration: pass --config FILE, or --store with --key-path (see --help)"
+                        .to_owned(),
+                ],
             }),
         }
     }
@@ -215,26 +272,34 @@ impl QuickArgs {
         stores.insert("main".into(), self.store_table(store).into());
         table.insert("stores".into(), stores.into());
 
-        let mut secrets = vec![self.secret_table(
-            "database-key",
-            "encryption-key",
-            self.key_path.as_deref(),
-            self.key_field.as_deref(),
-            self.key_target.as_deref().unwrap_or(DEFAULT_KEY_TARGET.as_ref()),
-        )];
+        let mut secrets = vec![
+            self.secret_table(
+                "database-key",
+                "encryption-key",
+                self.key_path.as_deref(),
+                self.key_field.as_deref(),
+                self.key_target
+                    .as_deref()
+                    .unwrap_or(DEFAULT_KEY_TARGET.as_ref()),
+            ),
+        ];
         if let Some(version) = &self.key_version {
             secrets[0].insert("version".into(), version.clone().into());
         }
         insert_some(&mut secrets[0], "newline", self.key_newline.as_deref());
         insert_some(&mut secrets[0], "encoding", self.key_encoding.as_deref());
         if self.password_path.is_some() {
-            secrets.push(self.secret_table(
-                "admin-password",
-                "admin-password",
-                self.password_path.as_deref(),
-                self.password_field.as_deref(),
-                self.password_target.as_deref().unwrap_or(DEFAULT_PASSWORD_TARGET.as_ref()),
-            ));
+            secrets.push(
+                self.secret_table(
+                    "admin-password",
+                    "admin-password",
+                    self.password_path.as_deref(),
+                    self.password_field.as_deref(),
+                    self.password_target
+                        .as_deref()
+                        .unwrap_or(DEFAULT_PASSWORD_TARGET.as_ref()),
+                ),
+            );
         }
         let secrets: Vec<toml::Value> = secrets.into_iter().map(toml::Value::Table).collect();
         table.insert("secrets".into(), secrets.into());
@@ -328,8 +393,9 @@ mod tests {
     fn parse(arguments: &[&str]) -> Result<Config, ConfigError> {
         let cli = Cli::try_parse_from(arguments).expect("arguments parse");
         match cli.command {
-            Command::Fetch(source) => source.load(),
+            Command::Fetch { source, .. } => source.load(),
             Command::Check { source, .. } => source.load(),
+            Command::RotateKey { source, .. } => source.load(),
             Command::Db(_) => panic!("db takes no store configuration"),
         }
     }
@@ -342,22 +408,38 @@ mod tests {
     #[test]
     fn flags_build_key_and_password() {
         let config = parse(&[
-            "portainer-key-agent", "fetch", "--store", "vault",
-            "--vault-address", "http://127.0.0.1:8200", "--vault-role", "portainer",
-            "--key-path", "secret/portainer", "--key-field", "key",
-            "--password-path", "secret/portainer", "--password-field", "password",
+            "portainer-key-agent",
+            "fetch",
+            "--store",
+            "vault",
+            "--vault-address",
+            "http://127.0.0.1:8200",
+            "--vault-role",
+            "portainer",
+            "--key-path",
+            "secret/portainer",
+            "--key-field",
+            "key",
+            "--password-path",
+            "secret/portainer",
+            "--password-field",
+            "password",
         ])
         .expect("valid flags");
 
         assert_eq!(config.secrets.len(), 2);
         assert_eq!(config.secrets[0].kind, SecretKind::EncryptionKey);
         assert_eq!(config.secrets[0].target, PathBuf::from(DEFAULT_KEY_TARGET));
-        assert_eq!(config.secrets[1].target, PathBuf::from(DEFAULT_PASSWORD_TARGET));
+        assert_eq!(
+            config.secrets[1].target,
+            PathBuf::from(DEFAULT_PASSWORD_TARGET)
+        );
     }
 
     #[test]
     fn flags_report_missing_values_together() {
-        let error = parse(&["portainer-key-agent", "fetch", "--store", "vault"]).expect_err("incomplete");
+        let error =
+            parse(&["portainer-key-agent", "fetch", "--store", "vault"]).expect_err("incomplete");
 
         let joined = error.problems.join("\n");
         assert!(joined.contains("address: missing"), "{joined}");
@@ -367,7 +449,15 @@ mod tests {
 
     #[test]
     fn config_and_store_flags_conflict() {
-        let error = parse(&["portainer-key-agent", "fetch", "--config", "x.toml", "--store", "file"]).expect_err("conflict");
+        let error = parse(&[
+            "portainer-key-agent",
+            "fetch",
+            "--config",
+            "x.toml",
+            "--store",
+            "file",
+        ])
+        .expect_err("conflict");
 
         assert!(error.problems[0].contains("use one or the other"));
     }

@@ -9,7 +9,10 @@ use backends::vault::VaultBackend;
 use backends::{BackendError, SecretBackend};
 use tokio::time::Instant;
 
-use crate::config::{Config, SecretSpec, StoreKind, StoreSpec};
+use std::path::{Path, PathBuf};
+
+use crate::candidates::{Database, choose_key, find_database};
+use crate::config::{Config, SecretKind, SecretSpec, StoreKind, StoreSpec};
 use crate::exit::ExitStatus;
 use crate::retry::{Backoff, RetryError, retry};
 use crate::value::{Prepared, ValueError, prepare};
@@ -33,7 +36,9 @@ pub enum RunError {
         error: Box<BackendError>,
     },
 
-    #[error("secret {secret:?}: gave up after {attempts} attempts because the deadline of {deadline_seconds} s passed; last error: {last}")]
+    #[error(
+        "secret {secret:?}: gave up after {attempts} attempts because the deadline of {deadline_seconds} s passed; last error: {last}"
+    )]
     Deadline {
         secret: String,
         attempts: u32,
@@ -46,6 +51,21 @@ pub enum RunError {
 
     #[error("secret {secret:?}: {error}")]
     Write { secret: String, error: WriteError },
+
+    #[error(
+        "secret {secret:?}: no candidate version opens {database:?} (tried {tried}); run `portainer-key-agent db verify` with the key the database was created with, or restore the matching version in the store"
+    )]
+    KeyMismatch {
+        secret: String,
+        database: std::path::PathBuf,
+        tried: String,
+    },
+
+    #[error("secret {secret:?}: {error}")]
+    Database {
+        secret: String,
+        error: Box<crate::db::DbError>,
+    },
 
     #[error("no secret was written because the deadline of {deadline_seconds} s passed")]
     Timeout { deadline_seconds: u64 },
@@ -62,7 +82,19 @@ impl RunError {
             RunError::Value(ValueError::FieldNotFound { .. }) => ExitStatus::NotFound,
             RunError::Value(ValueError::Invalid { .. }) => ExitStatus::InvalidValue,
             RunError::Write { .. } => ExitStatus::CannotWrite,
+            RunError::KeyMismatch { .. } => ExitStatus::CheckFailed,
+            RunError::Database { error, .. } => database_status(error),
         }
+    }
+}
+
+fn database_status(error: &crate::db::DbError) -> ExitStatus {
+    use crate::db::DbError;
+    match error {
+        DbError::Locked { .. } => ExitStatus::Locked,
+        DbError::NotFound { .. } | DbError::NotAFile { .. } => ExitStatus::NotFound,
+        DbError::KeyMismatch { .. } => ExitStatus::CheckFailed,
+        _ => ExitStatus::InvalidValue,
     }
 }
 
@@ -110,7 +142,14 @@ pub fn log_start(config: &Config, command: &str) {
     let secrets: Vec<String> = config
         .secrets
         .iter()
-        .map(|secret| format!("{}({})->{}", secret.name, secret.kind.name(), secret.target.display()))
+        .map(|secret| {
+            format!(
+                "{}({})->{}",
+                secret.name,
+                secret.kind.name(),
+                secret.target.display()
+            )
+        })
         .collect();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -126,13 +165,15 @@ pub fn log_start(config: &Config, command: &str) {
 ///
 /// Nothing is written until every secret has been fetched and validated, so a bad
 /// value never leaves some files new and others old.
-pub async fn run(config: &Config) -> Result<(), RunError> {
+pub async fn run(config: &Config, verify_db: Option<&Path>) -> Result<(), RunError> {
     log_start(config, "fetch");
     let stores = build_stores(config)?;
     preflight(config)?;
+    let database = verify_db.and_then(database_to_verify);
 
     let deadline = Instant::now() + config.deadline;
-    let values = tokio::time::timeout_at(deadline, fetch_all(config, &stores, deadline))
+    let fetching = fetch_all(config, &stores, database.as_deref(), deadline);
+    let values = tokio::time::timeout_at(deadline, fetching)
         .await
         .map_err(|_| RunError::Timeout {
             deadline_seconds: config.deadline.as_secs(),
@@ -165,7 +206,7 @@ fn preflight(config: &Config) -> Result<(), RunError> {
 /// Portainer silently runs unencrypted when `--secret-key-name` does not match it.
 fn warn_unusual_key_name(secret: &SecretSpec) {
     let name = secret.target.file_name().unwrap_or_default();
-    if secret.kind == crate::config::SecretKind::EncryptionKey && name != "portainer" {
+    if secret.kind == SecretKind::EncryptionKey && name != "portainer" {
         tracing::warn!(
             secret = %secret.name,
             target = %secret.target.display(),
@@ -175,34 +216,72 @@ fn warn_unusual_key_name(secret: &SecretSpec) {
     }
 }
 
-/// Fetches and prepares every secret in configuration order.
-pub async fn fetch_all(config: &Config, stores: &Stores, deadline: Instant) -> Result<Vec<Prepared>, RunError> {
+/// Returns the encrypted database in `data_dir` that keys must open, if any.
+fn database_to_verify(data_dir: &Path) -> Option<PathBuf> {
+    match find_database(data_dir) {
+        Database::Encrypted(path) => Some(path),
+        Database::PlaintextOnly(path) => {
+            tracing::warn!(database = %path.display(), "the database is not encrypted yet; Portainer's own migration to encryption is unreliable since 2.20, so run `portainer-key-agent db encrypt` with this key before starting Portainer");
+            None
+        }
+        Database::Missing => {
+            tracing::info!(data_dir = %data_dir.display(), "no database yet, so there is no key to verify; Portainer will create it with the key written now");
+            None
+        }
+    }
+}
+
+/// Fetches and prepares every secret in configuration order. With `database`, an
+/// encryption key is written only in a version that opens it.
+pub async fn fetch_all(
+    config: &Config,
+    stores: &Stores,
+    database: Option<&Path>,
+    deadline: Instant,
+) -> Result<Vec<Prepared>, RunError> {
     let mut values = Vec::with_capacity(config.secrets.len());
     for secret in &config.secrets {
-        values.push(fetch_one(config, stores, secret, deadline).await?);
+        let fetch = async |secret: &SecretSpec, deadline: Instant| {
+            fetch_one(config, stores, secret, deadline).await
+        };
+        let prepared = match database {
+            Some(database) if secret.kind == SecretKind::EncryptionKey => {
+                let store = &config.store_of(secret).kind;
+                choose_key(store, secret, database, deadline, fetch).await?
+            }
+            _ => fetch(secret, deadline).await?,
+        };
+        values.push(prepared);
     }
     Ok(values)
 }
 
-async fn fetch_one(config: &Config, stores: &Stores, secret: &SecretSpec, deadline: Instant) -> Result<Prepared, RunError> {
+async fn fetch_one(
+    config: &Config,
+    stores: &Stores,
+    secret: &SecretSpec,
+    deadline: Instant,
+) -> Result<Prepared, RunError> {
     let store = &stores[&secret.store];
     let request = secret.request();
     let what = format!("reading secret {:?} from {}", secret.name, store.describe());
 
-    let value = retry(Backoff::default(), deadline, &what, || store.fetch(&request))
-        .await
-        .map_err(|error| match error {
-            RetryError::Permanent(error) => RunError::Backend {
-                secret: secret.name.clone(),
-                error: Box::new(error),
-            },
-            RetryError::DeadlineExceeded { attempts, last } => RunError::Deadline {
-                secret: secret.name.clone(),
-                attempts,
-                deadline_seconds: config.deadline.as_secs(),
-                last: Box::new(last),
-            },
-        })?;
+    let value = retry(Backoff::default(), deadline, &what, || {
+        store.fetch(&request)
+    })
+    .await
+    .map_err(|error| match error {
+        RetryError::Permanent(error) => RunError::Backend {
+            secret: secret.name.clone(),
+            error: Box::new(error),
+        },
+        RetryError::DeadlineExceeded { attempts, last } => RunError::Deadline {
+            secret: secret.name.clone(),
+            attempts,
+            deadline_seconds: config.deadline.as_secs(),
+            last: Box::new(last),
+        },
+    })?;
 
     let prepared = prepare(secret, value)?;
     if !crate::hardening::lock_in_memory(prepared.bytes.expose()) {

@@ -12,7 +12,9 @@ pub fn disable_core_dumps() {
     if let Err(errno) = rustix::process::setrlimit(Resource::Core, no_core) {
         tracing::warn!(%errno, "failed to set RLIMIT_CORE to 0; a crash could write memory to a core file");
     }
-    if let Err(errno) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+    if let Err(errno) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
         tracing::warn!(%errno, "failed to clear the dumpable flag; a crash could write memory to a core file");
     }
 }
@@ -26,7 +28,10 @@ pub fn lock_in_memory(bytes: &[u8]) -> bool {
     if bytes.is_empty() {
         return true;
     }
-    #[allow(unsafe_code, reason = "mlock takes a raw pointer; it only changes page attributes")]
+    #[allow(
+        unsafe_code,
+        reason = "mlock takes a raw pointer; it only changes page attributes"
+    )]
     // SAFETY: the pointer and length describe a live, borrowed allocation. mlock reads
     // and writes no memory; it only pins the pages that contain the range.
     let locked = unsafe { rustix::mm::mlock(bytes.as_ptr().cast_mut().cast(), bytes.len()) };

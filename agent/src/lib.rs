@@ -1,6 +1,7 @@
 //! Portainer key agent: configuration, value rules, safe file placement and the
 //! run modes behind the `portainer-key-agent` binary.
 
+pub mod candidates;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod fetch;
 pub mod hardening;
 pub mod logging;
 pub mod retry;
+pub mod rotation;
 pub mod value;
 pub mod writer;
 
@@ -26,7 +28,10 @@ pub fn run(cli: Cli) -> ExitStatus {
         command => command,
     };
 
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "failed to start the async runtime");
@@ -34,17 +39,49 @@ pub fn run(cli: Cli) -> ExitStatus {
         }
     };
 
-    let result = runtime.block_on(async {
+    runtime.block_on(async {
         match command {
-            Command::Fetch(source) => fetch::run(&source.load()?).await,
-            Command::Check { source, connect } => check::run(&source.load()?, connect).await,
-            Command::Db(_) => unreachable!("handled before the runtime starts"),
+            Command::Fetch { source, verify_db } => {
+                let result = async { fetch::run(&source.load()?, verify_db.as_deref()).await };
+                finish(result.await, fetch::RunError::exit_status)
+            }
+            Command::Check { source, connect } => {
+                let result = async { check::run(&source.load()?, connect).await };
+                finish(result.await, fetch::RunError::exit_status)
+            }
+            Command::RotateKey {
+                source,
+                secret,
+                data_dir,
+                dry_run,
+                backup,
+            } => {
+                let options = rotation::RotateKeyOptions {
+                    secret,
+                    data_dir,
+                    dry_run,
+                    backup,
+                };
+                let result = async {
+                    let config = source.load().map_err(rotation::RotateKeyError::from)?;
+                    rotation::run(&config, &options).await
+                };
+                finish(result.await, rotation::RotateKeyError::exit_status)
+            }
+            Command::Db(_) => unreachable!("db runs before the async runtime starts"),
         }
-    });
+    })
+}
+
+/// Logs a failure once, as the last line, and returns its exit status.
+fn finish<E: std::fmt::Display>(
+    result: Result<(), E>,
+    status_of: fn(&E) -> ExitStatus,
+) -> ExitStatus {
     match result {
         Ok(()) => ExitStatus::Success,
         Err(error) => {
-            let status = error.exit_status();
+            let status = status_of(&error);
             tracing::error!(exit_status = status.code(), "{error}");
             status
         }

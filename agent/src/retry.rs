@@ -29,10 +29,14 @@ impl Backoff {
     /// `multiplier` at least 1.
     pub fn new(initial: Duration, max: Duration, multiplier: f64) -> Result<Self, String> {
         if initial.is_zero() || initial > max {
-            return Err(format!("backoff initial delay {initial:?} must be positive and at most the max {max:?}"));
+            return Err(format!(
+                "backoff initial delay {initial:?} must be positive and at most the max {max:?}"
+            ));
         }
         if !(1.0..=16.0).contains(&multiplier) {
-            return Err(format!("backoff multiplier {multiplier} must be between 1 and 16"));
+            return Err(format!(
+                "backoff multiplier {multiplier} must be between 1 and 16"
+            ));
         }
         Ok(Self {
             initial,
@@ -43,7 +47,9 @@ impl Backoff {
 
     /// Returns the ceiling for retry number `attempt` (0 for the first retry).
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = self.multiplier.powi(attempt.min(64).try_into().unwrap_or(i32::MAX));
+        let factor = self
+            .multiplier
+            .powi(attempt.min(64).try_into().unwrap_or(i32::MAX));
         let ceiling = self.initial.as_secs_f64() * factor;
         Duration::from_secs_f64(ceiling.min(self.max.as_secs_f64()))
     }

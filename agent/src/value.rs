@@ -13,7 +13,9 @@ pub const MAX_PASSWORD_BYTES: usize = 72;
 /// A value that cannot be written, with the reason and the fix. Carries no secret.
 #[derive(Debug, thiserror::Error)]
 pub enum ValueError {
-    #[error("secret {secret:?}: JSON field {field:?} not found in {path:?}; fields present: [{present}]")]
+    #[error(
+        "secret {secret:?}: JSON field {field:?} not found in {path:?}; fields present: [{present}]"
+    )]
     FieldNotFound {
         secret: String,
         path: String,
@@ -77,7 +79,7 @@ fn select_field(secret: &SecretSpec, value: &SecretValue) -> Result<SecretBytes,
     let mut parsed: Value = serde_json::from_slice(value.bytes.expose())
         .map_err(|_| invalid("field is set, but the stored value is not a JSON object; remove field to use the value as it is".to_owned()))?;
     let result = pick(secret, &parsed);
-    wipe(&mut parsed);
+    wipe_json(&mut parsed);
     result
 }
 
@@ -88,9 +90,15 @@ fn pick(secret: &SecretSpec, parsed: &Value) -> Result<SecretBytes, ValueError> 
         reason,
     };
     let Some(object) = parsed.as_object() else {
-        return Err(invalid("field is set, but the stored value is not a JSON object".to_owned()));
+        return Err(invalid(
+            "field is set, but the stored value is not a JSON object".to_owned(),
+        ));
     };
-    let present = object.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+    let present = object
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
 
     let field = match &secret.field {
         Some(field) => field.as_str(),
@@ -130,11 +138,12 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-fn wipe(value: &mut Value) {
+/// Overwrites every string of a parsed JSON value before it is dropped.
+pub fn wipe_json(value: &mut Value) {
     match value {
         Value::String(text) => text.zeroize(),
-        Value::Array(items) => items.iter_mut().for_each(wipe),
-        Value::Object(map) => map.values_mut().for_each(wipe),
+        Value::Array(items) => items.iter_mut().for_each(wipe_json),
+        Value::Object(map) => map.values_mut().for_each(wipe_json),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
@@ -182,7 +191,9 @@ pub fn check_kind(kind: SecretKind, bytes: &[u8]) -> Result<(), String> {
 fn check_password(bytes: &[u8]) -> Result<(), String> {
     let effective = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if effective.is_empty() {
-        return Err("the admin password is empty; Portainer would reject it at start-up".to_owned());
+        return Err(
+            "the admin password is empty; Portainer would reject it at start-up".to_owned(),
+        );
     }
     if effective.len() > MAX_PASSWORD_BYTES {
         return Err(format!(
@@ -211,7 +222,9 @@ fn looks_like_bcrypt(bytes: &[u8]) -> bool {
     tens.is_ascii_digit()
         && ones.is_ascii_digit()
         && hash.len() == 53
-        && hash.iter().all(|byte| byte.is_ascii_alphanumeric() || *byte == b'.' || *byte == b'/')
+        && hash
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || *byte == b'.' || *byte == b'/')
 }
 
 /// Lists surprising bytes: worth a warning, not a failure.
@@ -222,24 +235,37 @@ pub fn warnings(kind: SecretKind, newline: NewlinePolicy, bytes: &[u8]) -> Vec<S
         _ => bytes,
     };
 
-    if kind == SecretKind::EncryptionKey && newline == NewlinePolicy::Exact && bytes.ends_with(b"\n") {
+    if kind == SecretKind::EncryptionKey
+        && newline == NewlinePolicy::Exact
+        && bytes.ends_with(b"\n")
+    {
         found.push("the key ends with a newline, which Portainer hashes as part of the key; that is right only for a database created with an echo-made key. Otherwise set newline = \"strip-one\"".to_owned());
     }
     if kind == SecretKind::EncryptionKey && bytes.len() < 16 {
-        found.push(format!("the key is {} bytes long; use 32 random bytes or more", bytes.len()));
+        found.push(format!(
+            "the key is {} bytes long; use 32 random bytes or more",
+            bytes.len()
+        ));
     }
     if body.ends_with(b"\r") || body.ends_with(b"\r\n") {
-        found.push("the value ends with a carriage return (\\r), which becomes part of it".to_owned());
+        found.push(
+            "the value ends with a carriage return (\\r), which becomes part of it".to_owned(),
+        );
     }
     if body.first().is_some_and(u8::is_ascii_whitespace) {
         found.push("the value starts with whitespace, which becomes part of it".to_owned());
     }
     let trailing = body.strip_suffix(b"\n").unwrap_or(body);
-    if trailing.last().is_some_and(|byte| *byte == b' ' || *byte == b'\t') {
+    if trailing
+        .last()
+        .is_some_and(|byte| *byte == b' ' || *byte == b'\t')
+    {
         found.push("the value ends with a space or tab, which becomes part of it".to_owned());
     }
     if kind == SecretKind::AdminPassword && body.contains(&0) {
-        found.push("the admin password contains a NUL byte; type-in logins cannot reproduce it".to_owned());
+        found.push(
+            "the admin password contains a NUL byte; type-in logins cannot reproduce it".to_owned(),
+        );
     }
     found
 }
@@ -320,7 +346,11 @@ mod tests {
 
     #[test]
     fn key_with_newline_warns_under_exact() {
-        let found = warnings(SecretKind::EncryptionKey, NewlinePolicy::Exact, b"0123456789abcdef0123\n");
+        let found = warnings(
+            SecretKind::EncryptionKey,
+            NewlinePolicy::Exact,
+            b"0123456789abcdef0123\n",
+        );
 
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("ends with a newline"));
@@ -328,7 +358,11 @@ mod tests {
 
     #[test]
     fn password_warnings_cover_cr_space_and_nul() {
-        let found = warnings(SecretKind::AdminPassword, NewlinePolicy::Exact, b" pa\0ss \r\n");
+        let found = warnings(
+            SecretKind::AdminPassword,
+            NewlinePolicy::Exact,
+            b" pa\0ss \r\n",
+        );
 
         let joined = found.join("\n");
         assert!(joined.contains("carriage return"), "{joined}");

@@ -99,7 +99,8 @@ impl Placement {
         }
         written?;
 
-        rustix::fs::fsync(&dir).map_err(|errno| io_error("fsync the directory", &self.target, errno))?;
+        rustix::fs::fsync(&dir)
+            .map_err(|errno| io_error("fsync the directory", &self.target, errno))?;
         Ok(medium)
     }
 
@@ -148,7 +149,10 @@ pub fn remove_stale_temporaries(target: &Path) -> usize {
     for entry in entries.flatten() {
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
-        if file_name.starts_with(&prefix) && file_name.ends_with(".tmp") && std::fs::remove_file(entry.path()).is_ok() {
+        if file_name.starts_with(&prefix)
+            && file_name.ends_with(".tmp")
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
             removed += 1;
         }
     }
@@ -191,7 +195,10 @@ fn check_medium(dir: &OwnedFd, directory: &Path, allow_disk: bool) -> Result<Med
         reason: format!("statfs failed: {errno}"),
         hint: "check the mount".to_owned(),
     })?;
-    #[allow(clippy::unnecessary_cast, reason = "f_type's integer type differs between targets")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's integer type differs between targets"
+    )]
     let magic = stats.f_type as i64;
     if magic == TMPFS_MAGIC || magic == RAMFS_MAGIC {
         return Ok(Medium::Memory);
@@ -215,7 +222,10 @@ fn check_existing(dir: &OwnedFd, name: &std::ffi::OsStr, target: &Path) -> Resul
     };
     let (reason, hint) = match FileType::from_raw_mode(stat.st_mode) {
         FileType::RegularFile => return Ok(()),
-        FileType::Symlink => ("is a symbolic link", "remove the link; the agent never writes through links"),
+        FileType::Symlink => (
+            "is a symbolic link",
+            "remove the link; the agent never writes through links",
+        ),
         FileType::Directory => (
             "is a directory",
             "remove it; Docker creates a directory when a bind-mounted file is missing, and Kubernetes when a Secret is mounted as a directory. Portainer would then run unencrypted",
@@ -244,11 +254,17 @@ fn create_temporary(dir: &OwnedFd, temporary: &Path, target: &Path) -> Result<Ow
         .map_err(|errno| io_error("create a temporary file", target, errno))
 }
 
-fn rename_into_place(dir: &OwnedFd, temporary: &Path, name: &std::ffi::OsStr, target: &Path) -> Result<(), WriteError> {
+fn rename_into_place(
+    dir: &OwnedFd,
+    temporary: &Path,
+    name: &std::ffi::OsStr,
+    target: &Path,
+) -> Result<(), WriteError> {
     // The target is checked again right before the rename: a directory created in the
     // meantime would make rename fail, and a symbolic link would be replaced, not followed.
     check_existing(dir, name, target)?;
-    rustix::fs::renameat(dir, temporary, dir, name).map_err(|errno| io_error("rename the file into place", target, errno))
+    rustix::fs::renameat(dir, temporary, dir, name)
+        .map_err(|errno| io_error("rename the file into place", target, errno))
 }
 
 #[cfg(test)]
@@ -275,9 +291,14 @@ mod tests {
     fn disk_directory_is_rejected_by_default() {
         let dir = disk_tempdir().expect("temp dir");
 
-        let error = placement(dir.path(), false).write(b"key").expect_err("disk");
+        let error = placement(dir.path(), false)
+            .write(b"key")
+            .expect_err("disk");
 
-        assert!(error.to_string().contains("not on tmpfs or ramfs"), "{error}");
+        assert!(
+            error.to_string().contains("not on tmpfs or ramfs"),
+            "{error}"
+        );
         assert!(!dir.path().join("portainer").exists());
     }
 
@@ -303,7 +324,12 @@ mod tests {
         let error = spot.write(b"key").expect_err("symlink");
 
         assert!(error.to_string().contains("symbolic link"), "{error}");
-        assert!(std::fs::symlink_metadata(&spot.target).expect("link").file_type().is_symlink());
+        assert!(
+            std::fs::symlink_metadata(&spot.target)
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]

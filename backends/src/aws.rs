@@ -144,15 +144,18 @@ impl AwsBackend {
             return credentials_error(&self.label, credentials);
         }
         match error {
-            SdkError::ServiceError(context) => {
-                service_error(&self.label, path, context.err(), context.raw().status().as_u16())
-            }
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                BackendError::Unavailable {
-                    store: self.label.clone(),
-                    detail: error_chain(error),
-                }
-            }
+            SdkError::ServiceError(context) => service_error(
+                &self.label,
+                path,
+                context.err(),
+                context.raw().status().as_u16(),
+            ),
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => BackendError::Unavailable {
+                store: self.label.clone(),
+                detail: error_chain(error),
+            },
             _ => BackendError::InvalidResponse {
                 store: self.label.clone(),
                 path: path.to_owned(),
@@ -160,6 +163,126 @@ impl AwsBackend {
                 hint: "check the secret id and the endpoint".to_owned(),
             },
         }
+    }
+}
+
+/// What a stored AWS version holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AwsPayload {
+    /// `SecretString`: the value must be UTF-8.
+    String,
+    /// `SecretBinary`.
+    Binary,
+}
+
+impl AwsBackend {
+    /// Stores `value` as a new version labelled with `stages`.
+    ///
+    /// `request_token` makes the call idempotent: repeating it with the same token and
+    /// value returns the same version instead of creating another.
+    pub async fn put_version(
+        &self,
+        path: &str,
+        value: &SecretBytes,
+        payload: AwsPayload,
+        stages: &[&str],
+        request_token: &str,
+    ) -> Result<SecretVersion, BackendError> {
+        let mut call = self
+            .client
+            .put_secret_value()
+            .secret_id(path)
+            .client_request_token(request_token)
+            .set_version_stages(Some(
+                stages.iter().map(|stage| (*stage).to_owned()).collect(),
+            ));
+        call = match payload {
+            AwsPayload::Binary => {
+                call.secret_binary(aws_smithy_types::Blob::new(value.expose().to_vec()))
+            }
+            AwsPayload::String => {
+                let text = std::str::from_utf8(value.expose()).map_err(|_| {
+                    BackendError::InvalidResponse {
+                        store: self.label.clone(),
+                        path: path.to_owned(),
+                        detail: "the new value is not UTF-8, but the secret stores SecretString"
+                            .to_owned(),
+                        hint: "use encoding = \"base64\" for binary keys in string secrets"
+                            .to_owned(),
+                    }
+                })?;
+                call.secret_string(text)
+            }
+        };
+
+        let output = call
+            .send()
+            .await
+            .map_err(|error| self.classify(path, &error))?;
+        let version = output.version_id().unwrap_or_default().to_owned();
+        Ok(SecretVersion { version })
+    }
+
+    /// Moves `stage` to `to_version`, taking it from `from_version` when given.
+    /// Moving `AWSCURRENT` makes Secrets Manager label the old version `AWSPREVIOUS`.
+    pub async fn move_stage(
+        &self,
+        path: &str,
+        stage: &str,
+        to_version: Option<&str>,
+        from_version: Option<&str>,
+    ) -> Result<(), BackendError> {
+        self.client
+            .update_secret_version_stage()
+            .secret_id(path)
+            .version_stage(stage)
+            .set_move_to_version_id(to_version.map(str::to_owned))
+            .set_remove_from_version_id(from_version.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|error| self.classify(path, &error))?;
+        Ok(())
+    }
+
+    /// Returns the version ids that carry each staging label.
+    pub async fn stages(&self, path: &str) -> Result<Vec<(String, Vec<String>)>, BackendError> {
+        let output = self
+            .client
+            .describe_secret()
+            .secret_id(path)
+            .send()
+            .await
+            .map_err(|error| self.classify(path, &error))?;
+        let mut stages: Vec<(String, Vec<String>)> = output
+            .version_ids_to_stages()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        stages.sort();
+        Ok(stages)
+    }
+
+    /// Reads a version and tells whether it is stored as a string or binary.
+    pub async fn get_with_payload(
+        &self,
+        request: &SecretRequest,
+    ) -> Result<(SecretValue, AwsPayload), BackendError> {
+        let mut call = self.client.get_secret_value().secret_id(&request.path);
+        call = match &request.version {
+            Some(version) => call.version_id(version),
+            None => call.version_stage(stage(request)),
+        };
+        let output = call
+            .send()
+            .await
+            .map_err(|error| self.classify(&request.path, &error))?;
+        let payload = if output.secret_string.is_some() {
+            AwsPayload::String
+        } else {
+            AwsPayload::Binary
+        };
+        Ok((self.value_from_output(&request.path, output)?, payload))
     }
 }
 
@@ -225,7 +348,9 @@ fn sdk_config(settings: &AwsSettings) -> SdkConfig {
         .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(chain))
         .retry_config(RetryConfig::disabled())
         .timeout_config(timeouts)
-        .sleep_impl(aws_smithy_async::rt::sleep::SharedAsyncSleep::new(aws_smithy_async::rt::sleep::TokioSleep::new()));
+        .sleep_impl(aws_smithy_async::rt::sleep::SharedAsyncSleep::new(
+            aws_smithy_async::rt::sleep::TokioSleep::new(),
+        ));
     if let Some(endpoint) = &settings.endpoint_url {
         builder = builder.endpoint_url(endpoint);
     }
@@ -280,7 +405,12 @@ fn service_error(
     status: u16,
 ) -> BackendError {
     let code = error.code().unwrap_or("Unknown").to_owned();
-    let message = error.message().unwrap_or("no message").chars().take(300).collect::<String>();
+    let message = error
+        .message()
+        .unwrap_or("no message")
+        .chars()
+        .take(300)
+        .collect::<String>();
     let detail = format!("{code} (HTTP {status}): {message}");
     let store = store.to_owned();
     let path = path.to_owned();

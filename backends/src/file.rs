@@ -154,7 +154,10 @@ mod tests {
             .await
             .expect_err("directory");
 
-        assert!(matches!(error, BackendError::InvalidResponse { .. }), "{error}");
+        assert!(
+            matches!(error, BackendError::InvalidResponse { .. }),
+            "{error}"
+        );
         assert!(!error.is_transient());
     }
 }

@@ -43,18 +43,17 @@ impl Transport {
             builder = builder.tls_certs_merge(read_ca_bundle(store, path)?);
         }
 
-        builder.build().map_err(|error| BackendError::Configuration {
-            store: store.to_owned(),
-            detail: format!("failed to build the HTTP client: {error}"),
-            hint: "check ca_cert and the proxy environment variables".to_owned(),
-        })
+        builder
+            .build()
+            .map_err(|error| BackendError::Configuration {
+                store: store.to_owned(),
+                detail: format!("failed to build the HTTP client: {error}"),
+                hint: "check ca_cert and the proxy environment variables".to_owned(),
+            })
     }
 }
 
-fn read_ca_bundle(
-    store: &str,
-    path: &PathBuf,
-) -> Result<Vec<reqwest::Certificate>, BackendError> {
+fn read_ca_bundle(store: &str, path: &PathBuf) -> Result<Vec<reqwest::Certificate>, BackendError> {
     let invalid = |detail: String| BackendError::Configuration {
         store: store.to_owned(),
         detail,

@@ -63,6 +63,8 @@ pub trait SecretBackend: Send + Sync + std::fmt::Debug {
 
     /// Resolves the version that [`SecretBackend::fetch`] would return, without
     /// transferring the value where the store allows it.
-    fn resolve_version<'a>(&'a self, request: &'a SecretRequest)
-    -> BackendFuture<'a, SecretVersion>;
+    fn resolve_version<'a>(
+        &'a self,
+        request: &'a SecretRequest,
+    ) -> BackendFuture<'a, SecretVersion>;
 }

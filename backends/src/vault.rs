@@ -135,7 +135,12 @@ impl VaultBackend {
         let (url, _) = self.kv_url(&mount, &request.path, "metadata", None)?;
         let body = self.call(Method::GET, url, None, &request.path).await?;
         let reply = parse_json(&self.label, &request.path, &body)?;
-        kv2_metadata_version(&self.label, &request.path, &reply, request.version.as_deref())
+        kv2_metadata_version(
+            &self.label,
+            &request.path,
+            &reply,
+            request.version.as_deref(),
+        )
     }
 
     /// Finds the KV mount that contains `path`, asking Vault once per path.
@@ -155,7 +160,10 @@ impl VaultBackend {
         let body = self.call(Method::GET, url, None, path).await?;
         let reply = parse_json(&self.label, path, &body)?;
         let mount = parse_mount(&self.label, path, &reply)?;
-        self.mounts.lock().await.insert(path.to_owned(), mount.clone());
+        self.mounts
+            .lock()
+            .await
+            .insert(path.to_owned(), mount.clone());
         Ok(mount)
     }
 
@@ -186,11 +194,13 @@ impl VaultBackend {
         check_path(&self.label, path)?;
         let mut url = self.settings.address.clone();
         {
-            let mut segments = url.path_segments_mut().map_err(|()| BackendError::Configuration {
-                store: self.label.clone(),
-                detail: "the address cannot be a base URL".to_owned(),
-                hint: "set address to an http:// or https:// URL".to_owned(),
-            })?;
+            let mut segments =
+                url.path_segments_mut()
+                    .map_err(|()| BackendError::Configuration {
+                        store: self.label.clone(),
+                        detail: "the address cannot be a base URL".to_owned(),
+                        hint: "set address to an http:// or https:// URL".to_owned(),
+                    })?;
             segments.pop_if_empty().push("v1");
             segments.extend(fixed.iter().copied());
             segments.extend(path.split('/').filter(|segment| !segment.is_empty()));
@@ -208,13 +218,19 @@ impl VaultBackend {
     ) -> Result<SecretBytes, BackendError> {
         let token = self.token().await?;
         let mut headers = self.base_headers()?;
-        headers.insert("X-Vault-Token", sensitive_header(&self.label, token.expose())?);
+        headers.insert(
+            "X-Vault-Token",
+            sensitive_header(&self.label, token.expose())?,
+        );
 
         let mut builder = self.client.request(method, url).headers(headers);
         if let Some(body) = body {
             builder = builder.body(body.expose().to_vec());
         }
-        let response = builder.send().await.map_err(|error| send_error(&self.label, &error))?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|error| send_error(&self.label, &error))?;
         let status = response.status();
         let reply = read_body(&self.label, response).await?;
         if status.is_success() {
@@ -226,11 +242,12 @@ impl VaultBackend {
     fn base_headers(&self) -> Result<HeaderMap, BackendError> {
         let mut headers = HeaderMap::new();
         if let Some(namespace) = &self.settings.namespace {
-            let value = HeaderValue::from_str(namespace).map_err(|_| BackendError::Configuration {
-                store: self.label.clone(),
-                detail: format!("namespace {namespace:?} is not a valid header value"),
-                hint: "use a namespace path of printable ASCII characters".to_owned(),
-            })?;
+            let value =
+                HeaderValue::from_str(namespace).map_err(|_| BackendError::Configuration {
+                    store: self.label.clone(),
+                    detail: format!("namespace {namespace:?} is not a valid header value"),
+                    hint: "use a namespace path of printable ASCII characters".to_owned(),
+                })?;
             headers.insert("X-Vault-Namespace", value);
         }
         Ok(headers)
@@ -265,7 +282,11 @@ impl VaultBackend {
     ) -> Result<SecretBytes, BackendError> {
         let jwt = read_jwt(&self.label, token_path)?;
         let jwt_text = std::str::from_utf8(jwt.expose()).map_err(|_| {
-            auth_error(&self.label, format!("{token_path:?} is not UTF-8 text"), "mount the projected service-account token")
+            auth_error(
+                &self.label,
+                format!("{token_path:?} is not UTF-8 text"),
+                "mount the projected service-account token",
+            )
         })?;
         let mut request = serde_json::json!({ "role": role, "jwt": jwt_text });
         let body = SecretBytes::new(serde_json::to_vec(&request).unwrap_or_default());
@@ -283,7 +304,13 @@ impl VaultBackend {
         let status = response.status();
         let reply = read_body(&self.label, response).await?;
         if !status.is_success() {
-            return Err(status_error(&self.label, mount, status, &reply, Step::Login));
+            return Err(status_error(
+                &self.label,
+                mount,
+                status,
+                &reply,
+                Step::Login,
+            ));
         }
 
         let mut parsed = parse_json(&self.label, mount, &reply)?;
@@ -294,8 +321,49 @@ impl VaultBackend {
         wipe_json(&mut parsed);
         tracing::debug!(store = %self.label, role, mount, "logged in with Kubernetes auth");
         token.ok_or_else(|| {
-            auth_error(&self.label, "the login reply has no auth.client_token".to_owned(), "check that the auth mount is a Kubernetes auth method")
+            auth_error(
+                &self.label,
+                "the login reply has no auth.client_token".to_owned(),
+                "check that the auth mount is a Kubernetes auth method",
+            )
         })
+    }
+}
+
+impl VaultBackend {
+    /// Writes `data` (a JSON object) as a new KV v2 version with check-and-set:
+    /// the write succeeds only while `cas` is still the current version (0 when the
+    /// secret must not exist yet). Returns the new version.
+    pub async fn write_kv2(
+        &self,
+        path: &str,
+        data: &SecretBytes,
+        cas: u64,
+    ) -> Result<SecretVersion, BackendError> {
+        let mount = self.mount_for(path).await?;
+        if mount.version != KvVersion::V2 {
+            return Err(BackendError::Configuration {
+                store: self.label.clone(),
+                detail: format!("{path:?} is on a KV v1 mount, which has no versions"),
+                hint: "keep keys that rotate on a KV v2 mount".to_owned(),
+            });
+        }
+
+        let mut parsed: Value = serde_json::from_slice(data.expose()).unwrap_or(Value::Null);
+        let mut body = serde_json::json!({ "options": { "cas": cas }, "data": parsed.take() });
+        let bytes = SecretBytes::new(serde_json::to_vec(&body).unwrap_or_default());
+        wipe_json(&mut body);
+        wipe_json(&mut parsed);
+
+        let (url, _) = self.kv_url(&mount, path, "data", None)?;
+        let reply = self.call(Method::POST, url, Some(bytes), path).await?;
+        let reply = parse_json(&self.label, path, &reply)?;
+        let version = reply
+            .pointer("/data/version")
+            .and_then(Value::as_u64)
+            .map(|version| version.to_string())
+            .ok_or_else(|| missing_data(&self.label, path))?;
+        Ok(SecretVersion { version })
     }
 }
 
@@ -339,18 +407,27 @@ fn check_path(store: &str, path: &str) -> Result<(), BackendError> {
 
 fn sensitive_header(store: &str, token: &[u8]) -> Result<HeaderValue, BackendError> {
     let mut value = HeaderValue::from_bytes(token).map_err(|_| {
-        auth_error(store, "the Vault token contains characters that are not allowed in a header".to_owned(), "check the token file's content")
+        auth_error(
+            store,
+            "the Vault token contains characters that are not allowed in a header".to_owned(),
+            "check the token file's content",
+        )
     })?;
     value.set_sensitive(true);
     Ok(value)
 }
 
 fn read_token_file(store: &str, path: &PathBuf) -> Result<SecretBytes, BackendError> {
-    let mut bytes = read_credential_file(store, path, "set auth.path to a file holding a Vault token")?;
+    let mut bytes =
+        read_credential_file(store, path, "set auth.path to a file holding a Vault token")?;
     let trimmed_len = bytes.expose().trim_ascii_end().len();
     bytes.expose_mut().truncate(trimmed_len);
     if bytes.is_empty() {
-        return Err(auth_error(store, format!("token file {path:?} is empty"), "write a Vault token into the file"));
+        return Err(auth_error(
+            store,
+            format!("token file {path:?} is empty"),
+            "write a Vault token into the file",
+        ));
     }
     Ok(bytes)
 }
@@ -364,12 +441,20 @@ fn read_jwt(store: &str, path: &PathBuf) -> Result<SecretBytes, BackendError> {
     let trimmed_len = bytes.expose().trim_ascii_end().len();
     bytes.expose_mut().truncate(trimmed_len);
     if bytes.is_empty() {
-        return Err(auth_error(store, format!("service-account token {path:?} is empty"), "check the projected token volume"));
+        return Err(auth_error(
+            store,
+            format!("service-account token {path:?} is empty"),
+            "check the projected token volume",
+        ));
     }
     Ok(bytes)
 }
 
-fn read_credential_file(store: &str, path: &PathBuf, hint: &str) -> Result<SecretBytes, BackendError> {
+fn read_credential_file(
+    store: &str,
+    path: &PathBuf,
+    hint: &str,
+) -> Result<SecretBytes, BackendError> {
     std::fs::read(path)
         .map(SecretBytes::new)
         .map_err(|error| auth_error(store, format!("failed to read {path:?}: {error}"), hint))
@@ -383,9 +468,16 @@ fn auth_error(store: &str, detail: String, hint: &str) -> BackendError {
     }
 }
 
-async fn read_body(store: &str, mut response: reqwest::Response) -> Result<SecretBytes, BackendError> {
+async fn read_body(
+    store: &str,
+    mut response: reqwest::Response,
+) -> Result<SecretBytes, BackendError> {
     let mut body = SecretBytes::default();
-    while let Some(chunk) = response.chunk().await.map_err(|error| send_error(store, &error))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| send_error(store, &error))?
+    {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(BackendError::InvalidResponse {
                 store: store.to_owned(),
@@ -440,7 +532,13 @@ fn vault_errors(body: &SecretBytes) -> String {
     }
 }
 
-fn status_error(store: &str, path: &str, status: StatusCode, body: &SecretBytes, step: Step) -> BackendError {
+fn status_error(
+    store: &str,
+    path: &str,
+    status: StatusCode,
+    body: &SecretBytes,
+    step: Step,
+) -> BackendError {
     let detail = format!("HTTP {} ({})", status.as_u16(), vault_errors(body));
     let store = store.to_owned();
     let path = path.to_owned();
@@ -504,7 +602,10 @@ fn parse_mount(store: &str, path: &str, reply: &Value) -> Result<KvMount, Backen
 }
 
 fn kv1_value(store: &str, path: &str, reply: &mut Value) -> Result<SecretValue, BackendError> {
-    let data = reply.get("data").filter(|data| data.is_object()).ok_or_else(|| missing_data(store, path))?;
+    let data = reply
+        .get("data")
+        .filter(|data| data.is_object())
+        .ok_or_else(|| missing_data(store, path))?;
     Ok(SecretValue {
         bytes: json_bytes(data),
         is_json_object: true,
@@ -548,7 +649,10 @@ fn deleted_or_missing(store: &str, path: &str, reply: &Value) -> BackendError {
         .pointer("/data/metadata/deletion_time")
         .and_then(Value::as_str)
         .filter(|time| !time.is_empty());
-    let destroyed = reply.pointer("/data/metadata/destroyed").and_then(Value::as_bool) == Some(true);
+    let destroyed = reply
+        .pointer("/data/metadata/destroyed")
+        .and_then(Value::as_bool)
+        == Some(true);
     let detail = match (destroyed, deleted) {
         (true, _) => "this version was destroyed".to_owned(),
         (false, Some(time)) => format!("this version was deleted at {time}"),
@@ -622,9 +726,14 @@ mod tests {
             version: KvVersion::V2,
         };
 
-        let (url, _) = vault.kv_url(&mount, "secret/data/portainer", "data", Some("3")).expect("url");
+        let (url, _) = vault
+            .kv_url(&mount, "secret/data/portainer", "data", Some("3"))
+            .expect("url");
 
-        assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/secret/data/data/portainer?version=3");
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8200/v1/secret/data/data/portainer?version=3"
+        );
     }
 
     #[test]
@@ -635,9 +744,14 @@ mod tests {
             version: KvVersion::V2,
         };
 
-        let (url, _) = vault.kv_url(&mount, "team/kv/portainer", "metadata", None).expect("url");
+        let (url, _) = vault
+            .kv_url(&mount, "team/kv/portainer", "metadata", None)
+            .expect("url");
 
-        assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/team/kv/metadata/portainer");
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8200/v1/team/kv/metadata/portainer"
+        );
     }
 
     #[test]
@@ -648,7 +762,9 @@ mod tests {
             version: KvVersion::V1,
         };
 
-        let (url, _) = vault.kv_url(&mount, "kv/portainer", "data", None).expect("url");
+        let (url, _) = vault
+            .kv_url(&mount, "kv/portainer", "data", None)
+            .expect("url");
 
         assert_eq!(url.as_str(), "http://127.0.0.1:8200/v1/kv/portainer");
     }
@@ -657,9 +773,18 @@ mod tests {
     fn path_traversal_is_rejected() {
         let vault = backend(None);
 
-        for path in ["../sys/raw", "secret/../../x", "/secret/x", "secret/x?version=1", ""] {
+        for path in [
+            "../sys/raw",
+            "secret/../../x",
+            "/secret/x",
+            "secret/x?version=1",
+            "",
+        ] {
             let error = vault.api_url(&[], path).expect_err(path);
-            assert!(matches!(error, BackendError::Configuration { .. }), "{path}: {error}");
+            assert!(
+                matches!(error, BackendError::Configuration { .. }),
+                "{path}: {error}"
+            );
         }
     }
 
@@ -667,9 +792,18 @@ mod tests {
     fn status_403_on_read_is_permission_denied() {
         let body = SecretBytes::copy_from(br#"{"errors":["permission denied"]}"#);
 
-        let error = status_error("vault", "secret/x", StatusCode::FORBIDDEN, &body, Step::Read);
+        let error = status_error(
+            "vault",
+            "secret/x",
+            StatusCode::FORBIDDEN,
+            &body,
+            Step::Read,
+        );
 
-        assert!(matches!(error, BackendError::PermissionDenied { .. }), "{error}");
+        assert!(
+            matches!(error, BackendError::PermissionDenied { .. }),
+            "{error}"
+        );
         assert!(error.to_string().contains("permission denied"));
     }
 
@@ -677,7 +811,13 @@ mod tests {
     fn status_503_is_transient() {
         let body = SecretBytes::copy_from(br#"{"errors":["Vault is sealed"]}"#);
 
-        let error = status_error("vault", "secret/x", StatusCode::SERVICE_UNAVAILABLE, &body, Step::Read);
+        let error = status_error(
+            "vault",
+            "secret/x",
+            StatusCode::SERVICE_UNAVAILABLE,
+            &body,
+            Step::Read,
+        );
 
         assert!(error.is_transient());
     }
@@ -689,7 +829,10 @@ mod tests {
         let error = deleted_or_missing("vault", "secret/x", &reply);
 
         assert!(matches!(error, BackendError::NotFound { .. }), "{error}");
-        assert!(error.to_string().contains("deleted at 2026-01-01"), "{error}");
+        assert!(
+            error.to_string().contains("deleted at 2026-01-01"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -704,7 +847,8 @@ mod tests {
 
     #[test]
     fn mount_reply_of_other_engine_is_rejected() {
-        let reply = serde_json::json!({"data": {"path": "transit/", "type": "transit", "options": null}});
+        let reply =
+            serde_json::json!({"data": {"path": "transit/", "type": "transit", "options": null}});
 
         let error = parse_mount("vault", "transit/keys/x", &reply).expect_err("transit");
 

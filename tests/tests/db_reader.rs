@@ -17,7 +17,10 @@ const SHAPES: [(&str, &[&str]); 5] = [
     ("default", &[]),
     ("no-freelist-sync", &["-no-freelist-sync"]),
     ("page-16k", &["-page-size", "16384"]),
-    ("page-16k-no-freelist", &["-page-size", "16384", "-no-freelist-sync"]),
+    (
+        "page-16k-no-freelist",
+        &["-page-size", "16384", "-no-freelist-sync"],
+    ),
     ("old-version", &["-old-version", "-page-size", "8192"]),
 ];
 
@@ -48,7 +51,9 @@ fn reader_reports_freelist_form() {
 
     let data = std::fs::read(&persisted).expect("read");
     let layout = bolt::parse(&data).expect("parses");
-    assert!(matches!(layout.freelist, FreelistForm::Persisted { free_pages, .. } if free_pages > 0));
+    assert!(
+        matches!(layout.freelist, FreelistForm::Persisted { free_pages, .. } if free_pages > 0)
+    );
 
     let data = std::fs::read(&not_persisted).expect("read");
     let layout = bolt::parse(&data).expect("parses");
@@ -72,7 +77,11 @@ fn verify_accepts_right_key_only() {
     let version = report.schema_version.expect("schema version found");
     assert_eq!(version.version, "2.21.0");
     assert_eq!(version.key, "VERSION");
-    let users = report.buckets.iter().find(|bucket| bucket.name == "users").expect("users bucket");
+    let users = report
+        .buckets
+        .iter()
+        .find(|bucket| bucket.name == "users")
+        .expect("users bucket");
     assert_eq!(users.values, 3);
     assert_eq!(users.sequence, 3);
 
@@ -115,7 +124,11 @@ fn verify_flags_single_damaged_value() {
     make_database(&path, Some(&key), &[]);
     let mut data = std::fs::read(&path).expect("read");
     let layout = bolt::parse(&data).expect("parses");
-    let victim = layout.values.iter().find(|entry| entry.value.len() > 40).expect("a value");
+    let victim = layout
+        .values
+        .iter()
+        .find(|entry| entry.value.len() > 40)
+        .expect("a value");
     data[victim.value.start + 20] ^= 0x40;
     std::fs::write(&path, &data).expect("write");
 
@@ -183,7 +196,10 @@ fn truncated_files_are_errors() {
     let needed = layout.meta.high_water as usize * layout.page_size;
 
     for len in (0..needed).step_by(509).chain([needed - 1, 1, 79, 80]) {
-        assert!(bolt::parse(&original[..len]).is_err(), "length {len} parsed");
+        assert!(
+            bolt::parse(&original[..len]).is_err(),
+            "length {len} parsed"
+        );
     }
 }
 
@@ -226,7 +242,11 @@ fn flock_held_by_test_is_respected() {
     make_database(&path, Some(&key), &["-keys", "10"]);
 
     let holder = std::fs::File::open(&path).expect("open");
-    rustix::fs::flock(&holder, rustix::fs::FlockOperation::NonBlockingLockExclusive).expect("lock");
+    rustix::fs::flock(
+        &holder,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .expect("lock");
     let error = verify(&path, b"abc").expect_err("locked file is rejected");
     assert!(matches!(error, DbError::Locked { .. }), "{error}");
     drop(holder);
@@ -237,7 +257,11 @@ fn fixture_bytes() -> &'static [u8] {
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("fuzz.db");
-        make_database(&path, None, &["-keys", "400", "-large", "2", "-page-size", "4096"]);
+        make_database(
+            &path,
+            None,
+            &["-keys", "400", "-large", "2", "-page-size", "4096"],
+        );
         std::fs::read(Path::new(&path)).expect("read fixture")
     })
 }

@@ -31,7 +31,11 @@ impl Fixture {
         let old_key = write_key(dir.path(), "old.key", OLD_KEY);
         let new_key = write_key(dir.path(), "new.key", NEW_KEY);
         std::fs::create_dir(dir.path().join("data")).expect("data dir");
-        Fixture { dir, old_key, new_key }
+        Fixture {
+            dir,
+            old_key,
+            new_key,
+        }
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -57,7 +61,11 @@ impl Fixture {
 
     fn make_backup_file(&self, key: &Path) {
         std::fs::create_dir_all(self.backup_file().parent().expect("parent")).expect("backups dir");
-        make_database(&self.backup_file(), Some(key), &["-keys", "50", "-seed", "7"]);
+        make_database(
+            &self.backup_file(),
+            Some(key),
+            &["-keys", "50", "-seed", "7"],
+        );
     }
 
     /// Returns which key opens `path`, asserting that exactly one does, and
@@ -70,14 +78,17 @@ impl Fixture {
             (Err(error), Ok(_)) if error.is_key_mismatch() => ("new", &self.new_key),
             _ => panic!("expected exactly one key to open {path:?}: old {old:?}, new {new:?}"),
         };
-        check_database(path, Some(key_file)).expect("bbolt checks the file with the key that opens it");
+        check_database(path, Some(key_file))
+            .expect("bbolt checks the file with the key that opens it");
         name
     }
 
     fn leftover_temp_files(&self) -> Vec<PathBuf> {
         let mut found = Vec::new();
         for dir in [self.data_dir(), self.data_dir().join("backups")] {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries {
                 let path = entry.expect("dir entry").path();
                 if path.to_string_lossy().ends_with("-tmp") {
@@ -95,20 +106,32 @@ fn rotate_default(path: &Path) -> Result<portainer_key_agent::db::RotateReport, 
 
 #[test]
 fn rotated_database_passes_bbolt_check() {
-    for extra in [&[][..], &["-no-freelist-sync"], &["-page-size", "16384"], &["-old-version"]] {
+    for extra in [
+        &[][..],
+        &["-no-freelist-sync"],
+        &["-page-size", "16384"],
+        &["-old-version"],
+    ] {
         let fixture = Fixture::new();
         let nonces = fixture.make(extra);
         let before = dump_database(&fixture.database(), Some(&fixture.old_key));
         assert!(count_nonces_in(&std::fs::read(fixture.database()).expect("read"), &nonces) > 0);
 
         let report = rotate_default(&fixture.data_dir()).expect("rotates");
-        assert!(matches!(report.outcome, FileOutcome::Rotated { .. }), "{report:?}");
+        assert!(
+            matches!(report.outcome, FileOutcome::Rotated { .. }),
+            "{report:?}"
+        );
         assert_eq!(report.backup_file_outcome, BackupFileOutcome::Absent);
 
-        check_database(&fixture.database(), Some(&fixture.new_key)).expect("bbolt checks the rotated file");
+        check_database(&fixture.database(), Some(&fixture.new_key))
+            .expect("bbolt checks the rotated file");
         assert!(check_database(&fixture.database(), Some(&fixture.old_key)).is_err());
         let after = dump_database(&fixture.database(), Some(&fixture.new_key));
-        assert_eq!(after, before, "plaintext, keys and sequences are unchanged ({extra:?})");
+        assert_eq!(
+            after, before,
+            "plaintext, keys and sequences are unchanged ({extra:?})"
+        );
     }
 }
 
@@ -119,7 +142,11 @@ fn rotation_leaves_no_old_ciphertext() {
         let nonces = fixture.make(extra);
         rotate_default(&fixture.database()).expect("rotates");
         let data = std::fs::read(fixture.database()).expect("read");
-        assert_eq!(count_nonces_in(&data, &nonces), 0, "old nonces remain ({extra:?})");
+        assert_eq!(
+            count_nonces_in(&data, &nonces),
+            0,
+            "old nonces remain ({extra:?})"
+        );
     }
 }
 
@@ -151,8 +178,13 @@ fn wrong_old_key_changes_nothing() {
     let fixture = Fixture::new();
     fixture.make(&["-keys", "100"]);
     let before = std::fs::read(fixture.database()).expect("read");
-    let error = rotate(&fixture.database(), b"not the key", NEW_KEY, &RotateOptions::default())
-        .expect_err("wrong key fails");
+    let error = rotate(
+        &fixture.database(),
+        b"not the key",
+        NEW_KEY,
+        &RotateOptions::default(),
+    )
+    .expect_err("wrong key fails");
     assert!(error.is_key_mismatch(), "{error}");
     assert_eq!(std::fs::read(fixture.database()).expect("read"), before);
     assert!(fixture.leftover_temp_files().is_empty());
@@ -175,7 +207,10 @@ fn backup_is_kept_only_when_asked() {
     let entries_before = std::fs::read_dir(fixture.data_dir()).expect("list").count();
     rotate_default(&fixture.database()).expect("rotates");
     let entries_after = std::fs::read_dir(fixture.data_dir()).expect("list").count();
-    assert_eq!(entries_after, entries_before, "no extra files without a backup option");
+    assert_eq!(
+        entries_after, entries_before,
+        "no extra files without a backup option"
+    );
 
     let backup = fixture.dir.path().join("before-rotation.edb");
     let options = RotateOptions {
@@ -265,7 +300,13 @@ fn spawn_worker(data_dir: &Path, kill_at: Option<&str>) -> std::process::Child {
     // /proc/self/exe still works if a concurrent build replaced this binary.
     let mut command = Command::new("/proc/self/exe");
     command
-        .args(["--exact", "rotate_worker", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "rotate_worker",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(WORKER_DIR, data_dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -289,7 +330,11 @@ fn assert_recovers(fixture: &Fixture, nonces: &[[u8; 12]]) {
     }
     assert_eq!(fixture.key_that_opens(&fixture.database()), "new");
     assert_eq!(fixture.key_that_opens(&fixture.backup_file()), "new");
-    assert!(fixture.leftover_temp_files().is_empty(), "{:?}", fixture.leftover_temp_files());
+    assert!(
+        fixture.leftover_temp_files().is_empty(),
+        "{:?}",
+        fixture.leftover_temp_files()
+    );
     let data = std::fs::read(fixture.database()).expect("read");
     assert_eq!(count_nonces_in(&data, nonces), 0);
 }
@@ -310,8 +355,14 @@ fn rotation_survives_kill_at_every_step() {
             fixture.make_backup_file(&fixture.old_key);
 
             let kill_at = format!("{file}:{step:?}");
-            let status = spawn_worker(&fixture.data_dir(), Some(&kill_at)).wait().expect("worker exits");
-            assert_eq!(status.signal(), Some(9), "worker was killed at {kill_at}: {status:?}");
+            let status = spawn_worker(&fixture.data_dir(), Some(&kill_at))
+                .wait()
+                .expect("worker exits");
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "worker was killed at {kill_at}: {status:?}"
+            );
             assert_recovers(&fixture, &nonces);
         }
     }
@@ -328,7 +379,9 @@ fn rotation_survives_kill_at_random_times() {
     std::fs::copy(fixture.backup_file(), &pristine_backup).expect("copy");
 
     let started = Instant::now();
-    let status = spawn_worker(&fixture.data_dir(), None).wait().expect("worker exits");
+    let status = spawn_worker(&fixture.data_dir(), None)
+        .wait()
+        .expect("worker exits");
     assert!(status.success(), "uninterrupted worker: {status:?}");
     let full_run = started.elapsed();
 

@@ -39,7 +39,11 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.problems.len();
         let noun = if count == 1 { "problem" } else { "problems" };
-        write!(formatter, "invalid configuration in {} ({count} {noun}):", self.source)?;
+        write!(
+            formatter,
+            "invalid configuration in {} ({count} {noun}):",
+            self.source
+        )?;
         for problem in &self.problems {
             write!(formatter, "\n  - {problem}")?;
         }

@@ -14,7 +14,10 @@ const TOP_LEVEL_KEYS: &[&str] = &["deadline_seconds", "stores", "secrets"];
 pub(super) fn config(mut table: toml::Table, problems: &mut Vec<String>) -> Option<Config> {
     for key in table.keys() {
         if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
-            problems.push(format!("{key}: unknown key; expected one of {}", TOP_LEVEL_KEYS.join(", ")));
+            problems.push(format!(
+                "{key}: unknown key; expected one of {}",
+                TOP_LEVEL_KEYS.join(", ")
+            ));
         }
     }
 
@@ -36,7 +39,9 @@ fn deadline(value: Option<toml::Value>, problems: &mut Vec<String>) -> Duration 
             Duration::from_secs(seconds.unsigned_abs())
         }
         Some(other) => {
-            problems.push(format!("deadline_seconds: expected 1 to 86400 seconds, found {other}"));
+            problems.push(format!(
+                "deadline_seconds: expected 1 to 86400 seconds, found {other}"
+            ));
             DEFAULT_DEADLINE
         }
     }
@@ -45,7 +50,10 @@ fn deadline(value: Option<toml::Value>, problems: &mut Vec<String>) -> Duration 
 fn stores(value: Option<toml::Value>, problems: &mut Vec<String>) -> BTreeMap<String, StoreSpec> {
     let mut stores = BTreeMap::new();
     let Some(value) = value else {
-        problems.push("stores: missing; add a [stores.NAME] table with type = \"vault\", \"aws\" or \"file\"".to_owned());
+        problems.push(
+            "stores: missing; add a [stores.NAME] table with type = \"vault\", \"aws\" or \"file\""
+                .to_owned(),
+        );
         return stores;
     };
     let toml::Value::Table(table) = value else {
@@ -92,7 +100,10 @@ fn secrets(
             continue;
         };
         if !names.insert(secret.name.clone()) {
-            problems.push(format!("secrets[{index}].name: {:?} is used by an earlier secret; names must be unique", secret.name));
+            problems.push(format!(
+                "secrets[{index}].name: {:?} is used by an earlier secret; names must be unique",
+                secret.name
+            ));
         }
         secrets.push(secret);
     }
@@ -112,11 +123,17 @@ fn check_unique_targets(secrets: &[SecretSpec], problems: &mut Vec<String>) {
 }
 
 /// Deserializes one table, reporting unknown keys and type errors under `at`.
-fn typed<T: DeserializeOwned>(at: &str, value: toml::Value, problems: &mut Vec<String>) -> Option<T> {
+fn typed<T: DeserializeOwned>(
+    at: &str,
+    value: toml::Value,
+    problems: &mut Vec<String>,
+) -> Option<T> {
     let mut unknown = Vec::new();
     let result = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
     for key in unknown {
-        problems.push(format!("{at}.{key}: unknown key; check the spelling against --help"));
+        problems.push(format!(
+            "{at}.{key}: unknown key; check the spelling against --help"
+        ));
     }
     match result {
         Ok(parsed) => Some(parsed),
@@ -152,7 +169,9 @@ newline = "strip-one"
 "#;
 
     fn problems(text: &str) -> Vec<String> {
-        Config::from_toml_str(text, "test.toml").expect_err("invalid config").problems
+        Config::from_toml_str(text, "test.toml")
+            .expect_err("invalid config")
+            .problems
     }
 
     #[test]
@@ -189,7 +208,10 @@ mode = "0644"
 
         let joined = found.join("\n");
         assert!(joined.contains("colour: unknown key"), "{joined}");
-        assert!(joined.contains("stores.bao.adress: unknown key"), "{joined}");
+        assert!(
+            joined.contains("stores.bao.adress: unknown key"),
+            "{joined}"
+        );
         assert!(joined.contains("stores.bao.address: missing"), "{joined}");
         assert!(joined.contains("stores.bao.auth.role: missing"), "{joined}");
         assert!(joined.contains("secrets[0] (k).kind: expected"), "{joined}");
@@ -212,7 +234,10 @@ mode = "0644"
 
         let joined = problems(&text).join("\n");
 
-        assert!(joined.contains("no store named \"vault\"; defined stores: [bao]"), "{joined}");
+        assert!(
+            joined.contains("no store named \"vault\"; defined stores: [bao]"),
+            "{joined}"
+        );
     }
 
     #[test]
@@ -240,6 +265,9 @@ mode = "0644"
 
         let joined = problems(&text).join("\n");
 
-        assert!(joined.contains("stage: applies to aws stores only"), "{joined}");
+        assert!(
+            joined.contains("stage: applies to aws stores only"),
+            "{joined}"
+        );
     }
 }

@@ -125,13 +125,18 @@ impl SecretToml {
         let version = self.checked_version(&label, store.map(|store| &store.kind), problems);
         let target = checked_target(&label, self.target.as_deref(), problems);
         let mode = parse_mode(&label, self.mode.as_ref(), kind, problems);
-        let owner = self.owner.as_deref().and_then(|owner| parse_owner(&label, owner, problems));
+        let owner = self
+            .owner
+            .as_deref()
+            .and_then(|owner| parse_owner(&label, owner, problems));
         let encoding = parse_encoding(&label, self.encoding.as_deref(), problems);
         let newline = parse_newline(&label, self.newline.as_deref(), problems);
         if let Some(field) = &self.field
             && field.is_empty()
         {
-            problems.push(format!("{label}.field: empty; remove it or name a JSON field"));
+            problems.push(format!(
+                "{label}.field: empty; remove it or name a JSON field"
+            ));
         }
 
         if problems.len() != before {
@@ -156,55 +161,89 @@ impl SecretToml {
 
     fn checked_name(&self, label: &str, problems: &mut Vec<String>) -> Option<String> {
         let Some(name) = &self.name else {
-            problems.push(format!("{label}.name: missing; name the secret, such as \"database-key\""));
+            problems.push(format!(
+                "{label}.name: missing; name the secret, such as \"database-key\""
+            ));
             return None;
         };
         let valid = !name.is_empty()
             && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !valid {
-            problems.push(format!("{label}.name: {name:?} is invalid; use 1 to 64 letters, digits, '-' or '_'"));
+            problems.push(format!(
+                "{label}.name: {name:?} is invalid; use 1 to 64 letters, digits, '-' or '_'"
+            ));
             return None;
         }
         Some(name.clone())
     }
 
-    fn checked_path(&self, label: &str, store: Option<&StoreKind>, problems: &mut Vec<String>) -> Option<String> {
+    fn checked_path(
+        &self,
+        label: &str,
+        store: Option<&StoreKind>,
+        problems: &mut Vec<String>,
+    ) -> Option<String> {
         let Some(path) = self.path.clone().filter(|path| !path.is_empty()) else {
-            problems.push(format!("{label}.path: missing; set the secret's location in its store"));
+            problems.push(format!(
+                "{label}.path: missing; set the secret's location in its store"
+            ));
             return None;
         };
         match store {
-            Some(StoreKind::Vault(_)) if path.starts_with('/') || path.split('/').any(|part| part == ".." || part == ".") => {
+            Some(StoreKind::Vault(_))
+                if path.starts_with('/')
+                    || path.split('/').any(|part| part == ".." || part == ".") =>
+            {
                 problems.push(format!("{label}.path: {path:?} must be mount/secret, such as \"secret/portainer\", without a leading '/' or '..'"));
             }
             _ => {}
         }
         if self.stage.is_some() && !matches!(store, Some(StoreKind::Aws(_))) {
-            problems.push(format!("{label}.stage: applies to aws stores only; remove it"));
+            problems.push(format!(
+                "{label}.stage: applies to aws stores only; remove it"
+            ));
         }
         Some(path)
     }
 
-    fn checked_version(&self, label: &str, store: Option<&StoreKind>, problems: &mut Vec<String>) -> Option<String> {
+    fn checked_version(
+        &self,
+        label: &str,
+        store: Option<&StoreKind>,
+        problems: &mut Vec<String>,
+    ) -> Option<String> {
         let version = match &self.version {
             None => return None,
             Some(toml::Value::Integer(number)) => number.to_string(),
             Some(toml::Value::String(text)) => text.clone(),
             Some(other) => {
-                problems.push(format!("{label}.version: expected a string or integer, found {}", other.type_str()));
+                problems.push(format!(
+                    "{label}.version: expected a string or integer, found {}",
+                    other.type_str()
+                ));
                 return None;
             }
         };
         match store {
-            Some(StoreKind::Vault(_)) if version.parse::<u64>().map_or(true, |number| number == 0) => {
-                problems.push(format!("{label}.version: {version:?} is not a KV v2 version number (1, 2, ...)"));
+            Some(StoreKind::Vault(_))
+                if version.parse::<u64>().map_or(true, |number| number == 0) =>
+            {
+                problems.push(format!(
+                    "{label}.version: {version:?} is not a KV v2 version number (1, 2, ...)"
+                ));
             }
             Some(StoreKind::Aws(_)) if self.stage.is_some() => {
-                problems.push(format!("{label}.version: set either version or stage, not both"));
+                problems.push(format!(
+                    "{label}.version: set either version or stage, not both"
+                ));
             }
             Some(StoreKind::File) => {
-                problems.push(format!("{label}.version: file stores have no versions; remove it"));
+                problems.push(format!(
+                    "{label}.version: file stores have no versions; remove it"
+                ));
             }
             _ => {}
         }
@@ -222,7 +261,9 @@ fn parse_kind(label: &str, kind: Option<&str>, problems: &mut Vec<String>) -> Op
             None
         }
         None => {
-            problems.push(format!("{label}.kind: missing; set \"encryption-key\", \"admin-password\" or \"generic\""));
+            problems.push(format!(
+                "{label}.kind: missing; set \"encryption-key\", \"admin-password\" or \"generic\""
+            ));
             None
         }
     }
@@ -234,52 +275,84 @@ fn choose_store<'a>(
     stores: &'a BTreeMap<String, StoreSpec>,
     problems: &mut Vec<String>,
 ) -> Option<&'a StoreSpec> {
-    let known = stores.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+    let known = stores
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
     match store {
         Some(name) => {
             let found = stores.get(name);
             if found.is_none() {
-                problems.push(format!("{label}.store: no store named {name:?}; defined stores: [{known}]"));
+                problems.push(format!(
+                    "{label}.store: no store named {name:?}; defined stores: [{known}]"
+                ));
             }
             found
         }
         None if stores.len() == 1 => stores.values().next(),
         None => {
-            problems.push(format!("{label}.store: missing; with several stores, name one of [{known}]"));
+            problems.push(format!(
+                "{label}.store: missing; with several stores, name one of [{known}]"
+            ));
             None
         }
     }
 }
 
-fn checked_target(label: &str, target: Option<&Path>, problems: &mut Vec<String>) -> Option<PathBuf> {
+fn checked_target(
+    label: &str,
+    target: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> Option<PathBuf> {
     let Some(target) = target else {
-        problems.push(format!("{label}.target: missing; set the file to write, such as \"/run/secrets/portainer\""));
+        problems.push(format!(
+            "{label}.target: missing; set the file to write, such as \"/run/secrets/portainer\""
+        ));
         return None;
     };
     let has_parent_component = target.components().any(|part| part == Component::ParentDir);
     let ends_with_slash = target.as_os_str().as_encoded_bytes().ends_with(b"/");
-    if !target.is_absolute() || has_parent_component || ends_with_slash || target.file_name().is_none() {
-        problems.push(format!("{label}.target: {target:?} must be an absolute file path without '..'"));
+    if !target.is_absolute()
+        || has_parent_component
+        || ends_with_slash
+        || target.file_name().is_none()
+    {
+        problems.push(format!(
+            "{label}.target: {target:?} must be an absolute file path without '..'"
+        ));
         return None;
     }
     Some(target.to_path_buf())
 }
 
-fn parse_mode(label: &str, mode: Option<&toml::Value>, kind: Option<SecretKind>, problems: &mut Vec<String>) -> Option<u32> {
+fn parse_mode(
+    label: &str,
+    mode: Option<&toml::Value>,
+    kind: Option<SecretKind>,
+    problems: &mut Vec<String>,
+) -> Option<u32> {
     let mode = match mode {
         None => return Some(DEFAULT_MODE),
-        Some(toml::Value::String(text)) => u32::from_str_radix(text, 8).ok().filter(|_| !text.is_empty()),
+        Some(toml::Value::String(text)) => u32::from_str_radix(text, 8)
+            .ok()
+            .filter(|_| !text.is_empty()),
         Some(toml::Value::Integer(number)) => u32::try_from(*number).ok(),
         Some(_) => None,
     };
     let Some(mode) = mode.filter(|mode| *mode <= 0o777) else {
-        problems.push(format!("{label}.mode: expected octal permission bits such as \"0400\" or \"0440\""));
+        problems.push(format!(
+            "{label}.mode: expected octal permission bits such as \"0400\" or \"0440\""
+        ));
         return None;
     };
     if mode & 0o400 == 0 {
         problems.push(format!("{label}.mode: {mode:04o} does not let the owner read the file; Portainer could not read it"));
     }
-    let secret = matches!(kind, Some(SecretKind::EncryptionKey | SecretKind::AdminPassword));
+    let secret = matches!(
+        kind,
+        Some(SecretKind::EncryptionKey | SecretKind::AdminPassword)
+    );
     if secret && mode & 0o007 != 0 {
         problems.push(format!("{label}.mode: {mode:04o} gives access to every user; use \"0400\" or \"0440\" with owner"));
     }
@@ -287,27 +360,42 @@ fn parse_mode(label: &str, mode: Option<&toml::Value>, kind: Option<SecretKind>,
 }
 
 fn parse_owner(label: &str, owner: &str, problems: &mut Vec<String>) -> Option<Owner> {
-    let parsed = owner
-        .split_once(':')
-        .and_then(|(uid, gid)| Some(Owner { uid: uid.parse().ok()?, gid: gid.parse().ok()? }));
+    let parsed = owner.split_once(':').and_then(|(uid, gid)| {
+        Some(Owner {
+            uid: uid.parse().ok()?,
+            gid: gid.parse().ok()?,
+        })
+    });
     if parsed.is_none() {
-        problems.push(format!("{label}.owner: {owner:?} is not numeric uid:gid such as \"1000:1000\""));
+        problems.push(format!(
+            "{label}.owner: {owner:?} is not numeric uid:gid such as \"1000:1000\""
+        ));
     }
     parsed
 }
 
-fn parse_encoding(label: &str, encoding: Option<&str>, problems: &mut Vec<String>) -> Option<Encoding> {
+fn parse_encoding(
+    label: &str,
+    encoding: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<Encoding> {
     match encoding {
         None | Some("raw") => Some(Encoding::Raw),
         Some("base64") => Some(Encoding::Base64),
         Some(other) => {
-            problems.push(format!("{label}.encoding: expected \"raw\" or \"base64\", found {other:?}"));
+            problems.push(format!(
+                "{label}.encoding: expected \"raw\" or \"base64\", found {other:?}"
+            ));
             None
         }
     }
 }
 
-fn parse_newline(label: &str, newline: Option<&str>, problems: &mut Vec<String>) -> Option<NewlinePolicy> {
+fn parse_newline(
+    label: &str,
+    newline: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<NewlinePolicy> {
     match newline {
         None | Some("exact") => Some(NewlinePolicy::Exact),
         Some("strip-one") => Some(NewlinePolicy::StripOne),

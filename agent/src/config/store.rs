@@ -82,7 +82,12 @@ impl StoreToml {
                 self.aws(&at, problems).map(StoreKind::Aws)
             }
             Some("file") => {
-                self.reject_keys(&at, "file", &[VAULT_KEYS, AWS_KEYS, HTTP_KEYS].concat(), problems);
+                self.reject_keys(
+                    &at,
+                    "file",
+                    &[VAULT_KEYS, AWS_KEYS, HTTP_KEYS].concat(),
+                    problems,
+                );
                 Some(StoreKind::File)
             }
             Some(other) => {
@@ -92,7 +97,9 @@ impl StoreToml {
                 None
             }
             None => {
-                problems.push(format!("{at}.type: missing; set it to \"vault\", \"aws\" or \"file\""));
+                problems.push(format!(
+                    "{at}.type: missing; set it to \"vault\", \"aws\" or \"file\""
+                ));
                 None
             }
         };
@@ -112,17 +119,32 @@ impl StoreToml {
             ("auth", self.auth.is_some()),
             ("region", self.region.is_some()),
             ("endpoint_url", self.endpoint_url.is_some()),
-            ("allow_instance_metadata", self.allow_instance_metadata.is_some()),
-            ("connect_timeout_seconds", self.connect_timeout_seconds.is_some()),
-            ("request_timeout_seconds", self.request_timeout_seconds.is_some()),
+            (
+                "allow_instance_metadata",
+                self.allow_instance_metadata.is_some(),
+            ),
+            (
+                "connect_timeout_seconds",
+                self.connect_timeout_seconds.is_some(),
+            ),
+            (
+                "request_timeout_seconds",
+                self.request_timeout_seconds.is_some(),
+            ),
         ];
-        flags.iter().filter(|(_, set)| *set).map(|(key, _)| *key).collect()
+        flags
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(key, _)| *key)
+            .collect()
     }
 
     fn reject_keys(&self, at: &str, store_type: &str, keys: &[&str], problems: &mut Vec<String>) {
         for key in self.present_keys() {
             if keys.contains(&key) {
-                problems.push(format!("{at}.{key}: does not apply to a store of type {store_type:?}; remove it"));
+                problems.push(format!(
+                    "{at}.{key}: does not apply to a store of type {store_type:?}; remove it"
+                ));
             }
         }
     }
@@ -133,10 +155,12 @@ impl StoreToml {
             ..Transport::default()
         };
         if let Some(seconds) = self.connect_timeout_seconds {
-            transport.connect_timeout = positive_seconds(at, "connect_timeout_seconds", seconds, problems);
+            transport.connect_timeout =
+                positive_seconds(at, "connect_timeout_seconds", seconds, problems);
         }
         if let Some(seconds) = self.request_timeout_seconds {
-            transport.request_timeout = positive_seconds(at, "request_timeout_seconds", seconds, problems);
+            transport.request_timeout =
+                positive_seconds(at, "request_timeout_seconds", seconds, problems);
         }
         transport
     }
@@ -180,7 +204,9 @@ impl StoreToml {
             .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
             .filter(|region| !region.is_empty());
         let Some(region) = region else {
-            problems.push(format!("{at}.region: missing; set it or AWS_REGION, such as \"eu-west-1\""));
+            problems.push(format!(
+                "{at}.region: missing; set it or AWS_REGION, such as \"eu-west-1\""
+            ));
             return None;
         };
         if let Some(endpoint) = &self.endpoint_url {
@@ -198,7 +224,9 @@ impl StoreToml {
 
 fn positive_seconds(at: &str, key: &str, seconds: u64, problems: &mut Vec<String>) -> Duration {
     if seconds == 0 || seconds > 3600 {
-        problems.push(format!("{at}.{key}: expected 1 to 3600 seconds, found {seconds}"));
+        problems.push(format!(
+            "{at}.{key}: expected 1 to 3600 seconds, found {seconds}"
+        ));
     }
     Duration::from_secs(seconds)
 }
@@ -207,7 +235,9 @@ fn check_http_url(at: &str, key: &str, text: &str, problems: &mut Vec<String>) -
     match url::Url::parse(text) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
         Ok(_) | Err(_) => {
-            problems.push(format!("{at}.{key}: {text:?} is not an http:// or https:// URL"));
+            problems.push(format!(
+                "{at}.{key}: {text:?} is not an http:// or https:// URL"
+            ));
             None
         }
     }
@@ -215,7 +245,9 @@ fn check_http_url(at: &str, key: &str, text: &str, problems: &mut Vec<String>) -
 
 fn vault_address(at: &str, address: Option<&str>, problems: &mut Vec<String>) -> Option<url::Url> {
     let Some(address) = address else {
-        problems.push(format!("{at}.address: missing; set the Vault URL, such as \"https://vault.example:8200\""));
+        problems.push(format!(
+            "{at}.address: missing; set the Vault URL, such as \"https://vault.example:8200\""
+        ));
         return None;
     };
     check_http_url(at, "address", address, problems)
@@ -223,7 +255,9 @@ fn vault_address(at: &str, address: Option<&str>, problems: &mut Vec<String>) ->
 
 fn vault_auth(at: &str, auth: Option<&AuthToml>, problems: &mut Vec<String>) -> Option<VaultAuth> {
     let Some(auth) = auth else {
-        problems.push(format!("{at}.auth: missing; add [{at}.auth] with method = \"kubernetes\" and a role"));
+        problems.push(format!(
+            "{at}.auth: missing; add [{at}.auth] with method = \"kubernetes\" and a role"
+        ));
         return None;
     };
     match auth.method.as_deref() {
@@ -232,12 +266,17 @@ fn vault_auth(at: &str, auth: Option<&AuthToml>, problems: &mut Vec<String>) -> 
                 problems.push(format!("{at}.auth.path: applies to method \"token-file\"; use token_path for the service-account token"));
             }
             let Some(role) = auth.role.clone().filter(|role| !role.is_empty()) else {
-                problems.push(format!("{at}.auth.role: missing; set the Vault role bound to this service account"));
+                problems.push(format!(
+                    "{at}.auth.role: missing; set the Vault role bound to this service account"
+                ));
                 return None;
             };
             Some(VaultAuth::Kubernetes {
                 role,
-                mount: auth.mount.clone().unwrap_or_else(|| DEFAULT_KUBERNETES_MOUNT.to_owned()),
+                mount: auth
+                    .mount
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_KUBERNETES_MOUNT.to_owned()),
                 token_path: auth
                     .token_path
                     .clone()
@@ -245,23 +284,35 @@ fn vault_auth(at: &str, auth: Option<&AuthToml>, problems: &mut Vec<String>) -> 
             })
         }
         Some("token-file") => {
-            for (key, set) in [("role", auth.role.is_some()), ("mount", auth.mount.is_some()), ("token_path", auth.token_path.is_some())] {
+            for (key, set) in [
+                ("role", auth.role.is_some()),
+                ("mount", auth.mount.is_some()),
+                ("token_path", auth.token_path.is_some()),
+            ] {
                 if set {
-                    problems.push(format!("{at}.auth.{key}: applies to method \"kubernetes\"; remove it"));
+                    problems.push(format!(
+                        "{at}.auth.{key}: applies to method \"kubernetes\"; remove it"
+                    ));
                 }
             }
             let Some(path) = auth.path.clone() else {
-                problems.push(format!("{at}.auth.path: missing; set the file that holds a Vault token"));
+                problems.push(format!(
+                    "{at}.auth.path: missing; set the file that holds a Vault token"
+                ));
                 return None;
             };
             Some(VaultAuth::TokenFile { path })
         }
         Some(other) => {
-            problems.push(format!("{at}.auth.method: expected \"kubernetes\" or \"token-file\", found {other:?}"));
+            problems.push(format!(
+                "{at}.auth.method: expected \"kubernetes\" or \"token-file\", found {other:?}"
+            ));
             None
         }
         None => {
-            problems.push(format!("{at}.auth.method: missing; set \"kubernetes\" or \"token-file\""));
+            problems.push(format!(
+                "{at}.auth.method: missing; set \"kubernetes\" or \"token-file\""
+            ));
             None
         }
     }

@@ -158,7 +158,9 @@ fn db_exit_code(error: &DbError) -> u8 {
         | DbError::UserNotFound { .. }
         | DbError::InvalidUserRecord { .. } => 65,
         DbError::NotFound { .. } | DbError::NotAFile { .. } | DbError::Read { .. } => 66,
-        DbError::Write { .. } | DbError::AlreadyExists { .. } | DbError::CopyVerificationFailed { .. } => 73,
+        DbError::Write { .. }
+        | DbError::AlreadyExists { .. }
+        | DbError::CopyVerificationFailed { .. } => 73,
         DbError::Locked { .. } => 75,
         DbError::InvalidInput { .. } => 78,
     }
@@ -205,7 +207,12 @@ fn run_reset(args: ResetAdminPasswordArgs, out: &mut dyn Write) -> Result<(), Db
     if password.last() == Some(&b'\n') {
         password.pop();
     }
-    let report = super::reset_admin_password(&args.db, key.as_deref().map(Vec::as_slice), args.user_id, &password)?;
+    let report = super::reset_admin_password(
+        &args.db,
+        key.as_deref().map(Vec::as_slice),
+        args.user_id,
+        &password,
+    )?;
     print_reset(out, &report).map_err(DbCommandError::Output)
 }
 
@@ -236,7 +243,11 @@ fn read_input_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, DbCommandError> {
 fn print_verify(out: &mut dyn Write, report: &VerifyReport) -> io::Result<()> {
     writeln!(out, "the key opens {}", report.path.display())?;
     match &report.schema_version {
-        Some(version) => writeln!(out, "schema version: {} (key {})", version.version, version.key)?,
+        Some(version) => writeln!(
+            out,
+            "schema version: {} (key {})",
+            version.version, version.key
+        )?,
         None => writeln!(out, "schema version: not found")?,
     }
     let freelist = match report.freelist {
@@ -245,17 +256,28 @@ fn print_verify(out: &mut dyn Write, report: &VerifyReport) -> io::Result<()> {
         }
         FreelistForm::NotPersisted => "not persisted".to_owned(),
     };
-    writeln!(out, "page size: {} bytes, txid: {}, freelist: {freelist}", report.page_size, report.txid)?;
+    writeln!(
+        out,
+        "page size: {} bytes, txid: {}, freelist: {freelist}",
+        report.page_size, report.txid
+    )?;
     writeln!(
         out,
         "encrypted values: {}, unencrypted \"false\" values: {}",
         report.encrypted_values, report.pass_through_values
     )?;
     if report.encrypted_values == 0 {
-        writeln!(out, "warning: the database has no encrypted values, so any key opens it")?;
+        writeln!(
+            out,
+            "warning: the database has no encrypted values, so any key opens it"
+        )?;
     }
     for bucket in &report.buckets {
-        writeln!(out, "bucket {:?}: {} values, sequence {}", bucket.name, bucket.values, bucket.sequence)?;
+        writeln!(
+            out,
+            "bucket {:?}: {} values, sequence {}",
+            bucket.name, bucket.values, bucket.sequence
+        )?;
     }
     Ok(())
 }
@@ -275,14 +297,21 @@ fn describe_outcome(outcome: &FileOutcome) -> String {
 }
 
 fn print_rotate(out: &mut dyn Write, report: &RotateReport) -> io::Result<()> {
-    writeln!(out, "{}: {}", report.database.display(), describe_outcome(&report.outcome))?;
+    writeln!(
+        out,
+        "{}: {}",
+        report.database.display(),
+        describe_outcome(&report.outcome)
+    )?;
     if let Some(backup) = &report.backup {
         writeln!(out, "copy under the old key kept at {}", backup.display())?;
     }
     let backup_file = report.backup_file.display();
     match &report.backup_file_outcome {
         BackupFileOutcome::Absent => writeln!(out, "{backup_file}: absent"),
-        BackupFileOutcome::Done(outcome) => writeln!(out, "{backup_file}: {}", describe_outcome(outcome)),
+        BackupFileOutcome::Done(outcome) => {
+            writeln!(out, "{backup_file}: {}", describe_outcome(outcome))
+        }
         BackupFileOutcome::Skipped { reason } => writeln!(
             out,
             "warning: {backup_file} left unchanged ({reason}); it may hold data under another key"
@@ -363,7 +392,14 @@ mod tests {
 
     #[test]
     fn missing_key_file_exits_66() {
-        let args = parse(&["verify", "--db", "/nonexistent", "--key-file", "/nonexistent/key"]).expect("parses");
+        let args = parse(&[
+            "verify",
+            "--db",
+            "/nonexistent",
+            "--key-file",
+            "/nonexistent/key",
+        ])
+        .expect("parses");
         let error = run_with_output(args, &mut Vec::new()).expect_err("fails");
         assert_eq!(error.exit_code(), 66);
     }

@@ -100,7 +100,12 @@ impl PortainerKey {
         let (nonce, rest) = value.split_at_mut(NONCE_SIZE);
         let (ciphertext, tag) = rest.split_at_mut(rest.len() - TAG_SIZE);
         self.cipher
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), &[], ciphertext, Tag::from_slice(tag))
+            .decrypt_in_place_detached(
+                Nonce::from_slice(nonce),
+                &[],
+                ciphertext,
+                Tag::from_slice(tag),
+            )
             .map_err(|_| AuthenticationFailed)
     }
 
@@ -134,7 +139,10 @@ mod tests {
     /// Vectors computed with an independent AES-GCM implementation, key =
     /// SHA-256("abc"), nonce 000102030405060708090a0b.
     const VECTORS: [(&[u8], &str); 3] = [
-        (b"35", "000102030405060708090a0b64ac3d791fb5d1b7549f467270c708acaa47"),
+        (
+            b"35",
+            "000102030405060708090a0b64ac3d791fb5d1b7549f467270c708acaa47",
+        ),
         (
             b"false",
             "000102030405060708090a0b31f81818a74521ce7a0658d0ad25ca390f78ab75ec",
@@ -153,7 +161,9 @@ mod tests {
     fn vectors_decrypt_with_sha256_of_abc() {
         let key = PortainerKey::from_key_file_bytes(b"abc");
         for (plaintext, stored) in VECTORS {
-            let decrypted = key.decrypt(&vector_bytes(stored)).expect("vector authenticates");
+            let decrypted = key
+                .decrypt(&vector_bytes(stored))
+                .expect("vector authenticates");
             assert_eq!(decrypted.as_slice(), plaintext);
         }
     }

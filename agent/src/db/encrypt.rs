@@ -44,7 +44,11 @@ pub struct EncryptReport {
 ///
 /// Fails with [`DbError::AlreadyExists`] if `portainer.edb` exists. The
 /// plaintext file is left untouched unless `options.remove_plaintext` is set.
-pub fn encrypt(path: &Path, key_file_bytes: &[u8], options: &EncryptOptions) -> Result<EncryptReport, DbError> {
+pub fn encrypt(
+    path: &Path,
+    key_file_bytes: &[u8],
+    options: &EncryptOptions,
+) -> Result<EncryptReport, DbError> {
     if key_file_bytes.is_empty() {
         return Err(DbError::InvalidInput {
             reason: "the key file is empty; SHA-256 of nothing is a publicly known key",
@@ -91,7 +95,11 @@ pub fn encrypt(path: &Path, key_file_bytes: &[u8], options: &EncryptOptions) -> 
 }
 
 /// Builds the encrypted file image, with the source's page size.
-fn encrypt_image(data: &[u8], layout: &Layout, key: &PortainerKey) -> Result<Vec<u8>, super::bolt::WriteError> {
+fn encrypt_image(
+    data: &[u8],
+    layout: &Layout,
+    key: &PortainerKey,
+) -> Result<Vec<u8>, super::bolt::WriteError> {
     let mut buckets: Vec<WriteBucket<'_>> = layout
         .buckets
         .iter()
@@ -113,7 +121,12 @@ fn encrypt_image(data: &[u8], layout: &Layout, key: &PortainerKey) -> Result<Vec
 
 /// Checks that the written copy holds exactly the source's buckets,
 /// sequences, keys and (decrypted) values, in the same order.
-fn check_encrypted_copy(staged: &StagedFile, source: &[u8], layout: &Layout, key: &PortainerKey) -> Result<(), DbError> {
+fn check_encrypted_copy(
+    staged: &StagedFile,
+    source: &[u8],
+    layout: &Layout,
+    key: &PortainerKey,
+) -> Result<(), DbError> {
     let failed = |reason| DbError::CopyVerificationFailed {
         path: staged.path().to_path_buf(),
         reason,

@@ -87,7 +87,8 @@ impl StagedFile {
             std::os::unix::fs::fchown(file, Some(like.uid()), Some(like.gid())).map_err(error)?;
         }
         // The umask may have cleared bits at creation.
-        file.set_permissions(Permissions::from_mode(mode)).map_err(error)
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(error)
     }
 
     pub(crate) fn path(&self) -> &Path {

@@ -22,7 +22,9 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
-pub use crypto::{AuthenticationFailed, NONCE_SIZE, OVERHEAD, PASS_THROUGH_VALUE, PortainerKey, TAG_SIZE};
+pub use crypto::{
+    AuthenticationFailed, NONCE_SIZE, OVERHEAD, PASS_THROUGH_VALUE, PortainerKey, TAG_SIZE,
+};
 pub use encrypt::{EncryptOptions, EncryptReport, encrypt};
 pub use error::DbError;
 pub use password::{ResetPasswordReport, reset_admin_password};

@@ -88,10 +88,11 @@ pub fn reset_admin_password(
         clear_stale_data(&mut data, &layout);
         data
     } else {
-        let image = rebuild(&data, &layout, &value, &stored).map_err(|source| DbError::Unwritable {
-            path: path.clone(),
-            source,
-        })?;
+        let image =
+            rebuild(&data, &layout, &value, &stored).map_err(|source| DbError::Unwritable {
+                path: path.clone(),
+                source,
+            })?;
         drop(data);
         image
     };
@@ -127,9 +128,10 @@ fn check_password(password: &[u8]) -> Result<(), DbError> {
 /// Hashes like Portainer (Go's `golang.org/x/crypto/bcrypt`): version `$2a$`,
 /// cost 10.
 fn hash_password(password: &[u8]) -> Result<String, DbError> {
-    let parts = bcrypt::hash_with_result(password, BCRYPT_COST).map_err(|_| DbError::InvalidInput {
-        reason: "bcrypt could not hash the password",
-    })?;
+    let parts =
+        bcrypt::hash_with_result(password, BCRYPT_COST).map_err(|_| DbError::InvalidInput {
+            reason: "bcrypt could not hash the password",
+        })?;
     Ok(parts.format_for_version(bcrypt::Version::TwoA))
 }
 
@@ -218,7 +220,12 @@ impl UserContext<'_> {
 
     /// Checks the written copy: same number of values, all authenticate, and
     /// the user's hash matches `password`.
-    fn check_copy(&self, staged: &StagedFile, password: &[u8], values: usize) -> Result<(), DbError> {
+    fn check_copy(
+        &self,
+        staged: &StagedFile,
+        password: &[u8],
+        values: usize,
+    ) -> Result<(), DbError> {
         let failed = |reason| DbError::CopyVerificationFailed {
             path: staged.path().to_path_buf(),
             reason,
@@ -235,8 +242,8 @@ impl UserContext<'_> {
 
         let value = self.find_user(&written, &layout)?;
         let plaintext = self.open(&written[value])?;
-        let record: serde_json::Value =
-            serde_json::from_slice(&plaintext).map_err(|_| failed("the user record is not JSON"))?;
+        let record: serde_json::Value = serde_json::from_slice(&plaintext)
+            .map_err(|_| failed("the user record is not JSON"))?;
         let hash = record
             .get("Password")
             .and_then(serde_json::Value::as_str)

@@ -265,8 +265,16 @@ struct Counts {
 }
 
 /// Re-encrypts every value in place, spreading large files over threads.
-fn reencrypt(data: &mut [u8], layout: &Layout, keys: &KeyPair) -> Result<Counts, AuthenticationFailed> {
-    let mut ranges: Vec<Range<usize>> = layout.values.iter().map(|entry| entry.value.clone()).collect();
+fn reencrypt(
+    data: &mut [u8],
+    layout: &Layout,
+    keys: &KeyPair,
+) -> Result<Counts, AuthenticationFailed> {
+    let mut ranges: Vec<Range<usize>> = layout
+        .values
+        .iter()
+        .map(|entry| entry.value.clone())
+        .collect();
     ranges.sort_unstable_by_key(|range| range.start);
     let bytes = ranges.iter().map(|range| range.len()).sum();
     let groups = split_ranges(&ranges, thread_count(bytes));
@@ -283,15 +291,17 @@ fn reencrypt(data: &mut [u8], layout: &Layout, keys: &KeyPair) -> Result<Counts,
             rest = tail;
             base = end;
         }
-        workers.into_iter().try_fold(Counts::default(), |total, worker| {
-            let counts = worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            Ok(Counts {
-                encrypted: total.encrypted + counts.encrypted,
-                pass_through: total.pass_through + counts.pass_through,
+        workers
+            .into_iter()
+            .try_fold(Counts::default(), |total, worker| {
+                let counts = worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                Ok(Counts {
+                    encrypted: total.encrypted + counts.encrypted,
+                    pass_through: total.pass_through + counts.pass_through,
+                })
             })
-        })
     })
 }
 

@@ -29,7 +29,8 @@ pub(crate) fn set_password(record: &[u8], hash: &str) -> Result<Zeroizing<Vec<u8
     let mut cursor = 0;
     let mut replaced = false;
     for member in &members {
-        let name: String = serde_json::from_slice(&record[member.name.clone()]).map_err(|_| NotAnObject)?;
+        let name: String =
+            serde_json::from_slice(&record[member.name.clone()]).map_err(|_| NotAnObject)?;
         if !name.eq_ignore_ascii_case("Password") {
             continue;
         }
@@ -100,7 +101,10 @@ fn top_level_members(json: &[u8]) -> Option<Vec<Member>> {
 }
 
 fn skip_whitespace(json: &[u8], mut index: usize) -> usize {
-    while json.get(index).is_some_and(|byte| byte.is_ascii_whitespace()) {
+    while json
+        .get(index)
+        .is_some_and(|byte| byte.is_ascii_whitespace())
+    {
         index += 1;
     }
     index
@@ -128,7 +132,10 @@ fn skip_value(json: &[u8], index: usize) -> Option<usize> {
         b'{' | b'[' => skip_container(json, index),
         _ => {
             let mut cursor = index;
-            while json.get(cursor).is_some_and(|byte| !b",}] \t\r\n".contains(byte)) {
+            while json
+                .get(cursor)
+                .is_some_and(|byte| !b",}] \t\r\n".contains(byte))
+            {
                 cursor += 1;
             }
             Some(cursor)
@@ -171,7 +178,8 @@ mod tests {
 
     #[test]
     fn replaces_password_and_keeps_other_bytes() {
-        let record = br#"{"Id":1,"Username":"admin","Password":"old","Role":1, "Nested":{"Password":"x"}}"#;
+        let record =
+            br#"{"Id":1,"Username":"admin","Password":"old","Role":1, "Nested":{"Password":"x"}}"#;
         let updated = set_password(record, HASH).expect("object");
         let expected = format!(
             r#"{{"Id":1,"Username":"admin","Password":"{HASH}","Role":1, "Nested":{{"Password":"x"}}}}"#

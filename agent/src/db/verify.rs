@@ -70,7 +70,11 @@ pub fn verify(db_path: &Path, key_file_bytes: &[u8]) -> Result<VerifyReport, DbE
 }
 
 /// Verifies a file image already in memory; `path` is used in errors only.
-pub(crate) fn verify_bytes(path: &Path, data: &[u8], key: &PortainerKey) -> Result<VerifyReport, DbError> {
+pub(crate) fn verify_bytes(
+    path: &Path,
+    data: &[u8],
+    key: &PortainerKey,
+) -> Result<VerifyReport, DbError> {
     let layout = parse(data).map_err(|source| DbError::Corrupt {
         path: path.to_path_buf(),
         source,

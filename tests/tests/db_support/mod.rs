@@ -10,8 +10,7 @@ use std::sync::OnceLock;
 use portainer_key_agent::db::PortainerKey;
 use portainer_key_agent::db::bolt;
 
-const INSTALL_HINT: &str =
-    "the database tests need Go and bbolt: apt-get install golang-go golang-github-coreos-bbolt-dev golang-golang-x-crypto-dev";
+const INSTALL_HINT: &str = "the database tests need Go and bbolt: apt-get install golang-go golang-github-coreos-bbolt-dev golang-golang-x-crypto-dev";
 
 /// Returns the path of the reference program, building it on first use.
 ///
@@ -154,5 +153,7 @@ pub fn read_nonces(path: &Path) -> Vec<[u8; 12]> {
 /// Returns how many of `nonces` occur anywhere in `data`.
 pub fn count_nonces_in(data: &[u8], nonces: &[[u8; 12]]) -> usize {
     let wanted: std::collections::HashSet<&[u8]> = nonces.iter().map(|nonce| &nonce[..]).collect();
-    data.windows(12).filter(|window| wanted.contains(window)).count()
+    data.windows(12)
+        .filter(|window| wanted.contains(window))
+        .count()
 }

@@ -94,8 +94,8 @@ impl Meta {
         if self.root < 2 || self.root >= self.high_water {
             return Err("has a root page out of bounds");
         }
-        let freelist_ok = self.freelist == NO_FREELIST
-            || (self.freelist >= 2 && self.freelist < self.high_water);
+        let freelist_ok =
+            self.freelist == NO_FREELIST || (self.freelist >= 2 && self.freelist < self.high_water);
         if !freelist_ok {
             return Err("has a freelist page out of bounds");
         }

@@ -14,7 +14,9 @@ mod write;
 pub use error::BoltError;
 pub use meta::{FORMAT_VERSION, MAGIC, MAX_PAGE_SIZE, MIN_PAGE_SIZE, Meta, NO_FREELIST};
 pub use walk::{BucketRef, FreelistForm, Layout, ValueRef, parse};
-pub use write::{MAX_KEY_SIZE, MAX_VALUE_SIZE, WriteBucket, WriteEntry, WriteError, write_database};
+pub use write::{
+    MAX_KEY_SIZE, MAX_VALUE_SIZE, WriteBucket, WriteEntry, WriteError, write_database,
+};
 
 pub(crate) use write::write_meta_page;
 

@@ -19,9 +19,19 @@ fn read_back(data: &[u8]) -> Vec<(Vec<u8>, u64, bool, Vec<(Vec<u8>, Vec<u8>)>)> 
             let entries = layout
                 .entries(bucket)
                 .iter()
-                .map(|entry| (data[entry.key.clone()].to_vec(), data[entry.value.clone()].to_vec()))
+                .map(|entry| {
+                    (
+                        data[entry.key.clone()].to_vec(),
+                        data[entry.value.clone()].to_vec(),
+                    )
+                })
                 .collect();
-            (data[bucket.name.clone()].to_vec(), bucket.sequence, bucket.inline, entries)
+            (
+                data[bucket.name.clone()].to_vec(),
+                bucket.sequence,
+                bucket.inline,
+                entries,
+            )
         })
         .collect()
 }
@@ -48,7 +58,10 @@ fn writer_output_reads_back() {
         WriteBucket {
             name: b"large",
             sequence: 0,
-            entries: big_keys.iter().map(|key| entry(key, vec![key[7]; 70_000])).collect(),
+            entries: big_keys
+                .iter()
+                .map(|key| entry(key, vec![key[7]; 70_000]))
+                .collect(),
         },
         WriteBucket {
             name: b"empty",
@@ -78,7 +91,10 @@ fn writer_rejects_duplicates() {
         sequence: 0,
         entries: vec![entry(b"k", vec![1]), entry(b"k", vec![2])],
     }];
-    assert_eq!(write_database(4096, 0, &mut buckets), Err(WriteError::DuplicateKey));
+    assert_eq!(
+        write_database(4096, 0, &mut buckets),
+        Err(WriteError::DuplicateKey)
+    );
 }
 
 #[test]
@@ -91,7 +107,13 @@ fn written_file_has_no_unreachable_pages() {
     }];
     let data = write_database(4096, 0, &mut buckets).expect("writes");
     let layout = parse(&data).expect("parses");
-    assert_eq!(layout.freelist, FreelistForm::Persisted { page: 2, free_pages: 0 });
+    assert_eq!(
+        layout.freelist,
+        FreelistForm::Persisted {
+            page: 2,
+            free_pages: 0
+        }
+    );
     let unreachable: usize = layout
         .unreachable_ranges()
         .iter()

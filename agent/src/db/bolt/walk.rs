@@ -184,7 +184,12 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn walk_branch(&mut self, page: &PageView, depth: usize, kind: TreeKind) -> Result<(), BoltError> {
+    fn walk_branch(
+        &mut self,
+        page: &PageView,
+        depth: usize,
+        kind: TreeKind,
+    ) -> Result<(), BoltError> {
         let count = usize::from(page.header.count);
         if count == 0 {
             return Err(BoltError::EmptyBranch { page: page.id });
@@ -223,7 +228,12 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn visit_entry(&mut self, page: u64, index: usize, element: LeafElement) -> Result<(), BoltError> {
+    fn visit_entry(
+        &mut self,
+        page: u64,
+        index: usize,
+        element: LeafElement,
+    ) -> Result<(), BoltError> {
         if element.flags & BUCKET_LEAF_FLAG != 0 {
             return Err(BoltError::NestedBucket { page, index });
         }
@@ -234,7 +244,12 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn visit_bucket(&mut self, page: u64, index: usize, element: LeafElement) -> Result<(), BoltError> {
+    fn visit_bucket(
+        &mut self,
+        page: u64,
+        index: usize,
+        element: LeafElement,
+    ) -> Result<(), BoltError> {
         if element.flags & BUCKET_LEAF_FLAG == 0 {
             return Err(BoltError::ValueInRootBucket { page, index });
         }
@@ -266,7 +281,11 @@ impl Walker<'_> {
 
     /// Walks an inline bucket's leaf page image. Returns `None` when the
     /// image is too short for a page header.
-    fn walk_inline_page(&mut self, parent: u64, image: Range<usize>) -> Option<Result<(), BoltError>> {
+    fn walk_inline_page(
+        &mut self,
+        parent: u64,
+        image: Range<usize>,
+    ) -> Option<Result<(), BoltError>> {
         let header = PageHeader::read(self.data.get(image.clone())?, 0)?;
         if header.flags != LEAF_PAGE {
             return Some(Err(BoltError::UnexpectedPageType {
@@ -311,10 +330,12 @@ impl Walker<'_> {
         }
         self.mark_reachable(&page)?;
 
-        let ids = freelist_ids(self.data, &page).ok_or(BoltError::TruncatedFreelist { page: id })?;
+        let ids =
+            freelist_ids(self.data, &page).ok_or(BoltError::TruncatedFreelist { page: id })?;
         let mut free = PageSet::new(self.high_water);
         for offset in ids.clone().step_by(8) {
-            let entry = read_u64(self.data, offset).ok_or(BoltError::TruncatedFreelist { page: id })?;
+            let entry =
+                read_u64(self.data, offset).ok_or(BoltError::TruncatedFreelist { page: id })?;
             let valid = entry >= 2 && !self.reachable.contains(entry) && free.insert(entry);
             if !valid {
                 return Err(BoltError::InvalidFreelistEntry { entry });

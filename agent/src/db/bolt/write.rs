@@ -74,7 +74,8 @@ pub fn write_database(
     root_sequence: u64,
     buckets: &mut [WriteBucket<'_>],
 ) -> Result<Vec<u8>, WriteError> {
-    let supported = page_size.is_power_of_two() && (MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size);
+    let supported =
+        page_size.is_power_of_two() && (MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size);
     if !supported {
         return Err(WriteError::UnsupportedPageSize(page_size));
     }
@@ -111,7 +112,11 @@ fn sort_and_check(buckets: &mut [WriteBucket<'_>]) -> Result<(), WriteError> {
     for bucket in buckets.iter_mut() {
         check_key(bucket.name)?;
         bucket.entries.sort_by(|a, b| a.key.cmp(b.key));
-        if bucket.entries.windows(2).any(|pair| pair[0].key == pair[1].key) {
+        if bucket
+            .entries
+            .windows(2)
+            .any(|pair| pair[0].key == pair[1].key)
+        {
             return Err(WriteError::DuplicateKey);
         }
         for entry in &bucket.entries {
@@ -211,7 +216,9 @@ impl PageWriter {
 
     fn write_branches<'a>(&mut self, children: &[ChildRef<'a>]) -> Vec<ChildRef<'a>> {
         let mut nodes = Vec::new();
-        for chunk in pack(children, self.page_size, |child| ELEMENT_SIZE + child.key.len()) {
+        for chunk in pack(children, self.page_size, |child| {
+            ELEMENT_SIZE + child.key.len()
+        }) {
             let size = PAGE_HEADER_SIZE
                 + chunk
                     .iter()
@@ -259,7 +266,11 @@ impl PageWriter {
         };
         for page in 0..2u64 {
             meta.txid = page;
-            write_meta_page(&mut self.out[page as usize * page_size..][..page_size], page, &meta);
+            write_meta_page(
+                &mut self.out[page as usize * page_size..][..page_size],
+                page,
+                &meta,
+            );
         }
     }
 }
