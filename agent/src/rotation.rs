@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::candidates::{PENDING_SUFFIX, PREVIOUS_SUFFIX};
 use crate::config::{Config, Encoding, SecretKind, SecretSpec, StoreKind};
-use crate::db::{DbError, ENCRYPTED_DB_NAME, RotateOptions};
+use crate::db::{BackupFileOutcome, DbError, ENCRYPTED_DB_NAME, FileOutcome, RotateOptions};
 use crate::exit::ExitStatus;
 use crate::value::prepare;
 
@@ -418,8 +418,8 @@ fn rotate_database(
     )
     .map_err(|error| database_error("rotate the database", error))?;
     report(&format!(
-        "3. database: re-encrypted under the new key and verified ({:?})",
-        outcome.outcome
+        "3. database: {} under the new key, verified",
+        describe_outcome(&outcome.outcome)
     ));
     if let Some(backup) = outcome.backup {
         report(&format!(
@@ -427,20 +427,38 @@ fn rotate_database(
             backup.display()
         ));
     }
+    let backup_file = match &outcome.backup_file_outcome {
+        BackupFileOutcome::Absent => "absent".to_owned(),
+        BackupFileOutcome::Done(done) => describe_outcome(done),
+        BackupFileOutcome::Skipped { reason } => format!("left as it is: {reason}"),
+    };
     report(&format!(
-        "   {}: {:?}",
-        outcome.backup_file.display(),
-        outcome.backup_file_outcome
+        "   Portainer's backup {}: {backup_file}",
+        outcome.backup_file.display()
     ));
     Ok(())
 }
 
+fn describe_outcome(outcome: &FileOutcome) -> String {
+    match outcome {
+        FileOutcome::Rotated {
+            encrypted_values,
+            pass_through_values,
+            cleared_bytes,
+        } => format!(
+            "{encrypted_values} values re-encrypted, {pass_through_values} pass-through values kept, {cleared_bytes} stale bytes cleared"
+        ),
+        FileOutcome::AlreadyNewKey => "already".to_owned(),
+    }
+}
+
+/// Makes the new key current and returns the store version that now holds it.
 async fn promote(
     store: &RotationStore,
     secret: &SecretSpec,
     current: &KeyVersion,
     pending: &KeyVersion,
-) -> Result<(), RotateKeyError> {
+) -> Result<String, RotateKeyError> {
     match store {
         RotationStore::Aws(aws) => promote_aws(aws, secret, current, pending).await,
         RotationStore::Vault(vault) => promote_vault(vault, secret, pending).await,
@@ -452,7 +470,7 @@ async fn promote_aws(
     secret: &SecretSpec,
     current: &KeyVersion,
     pending: &KeyVersion,
-) -> Result<(), RotateKeyError> {
+) -> Result<String, RotateKeyError> {
     let path = &secret.path;
     let step = |error| store_error("promote the new key to AWSCURRENT", error);
     aws.move_stage(
@@ -477,7 +495,7 @@ async fn promote_vault(
     vault: &VaultBackend,
     secret: &SecretSpec,
     pending: &KeyVersion,
-) -> Result<(), RotateKeyError> {
+) -> Result<String, RotateKeyError> {
     let field = secret.field.as_deref().unwrap_or_default();
     let latest = vault
         .fetch(&secret.request())
