@@ -69,8 +69,10 @@ def render(facts, awscli_footprint, openbao_times, aws_times):
     bao_binary_bytes = int(facts["bao_binary_bytes"])
 
     speedup = openbao_agent["mean"] / agent_openbao["mean"]
+    speedup_median = openbao_agent["median"] / agent_openbao["median"]
     memory_ratio = rss["openbao_agent"] / rss["agent_openbao"]
     aws_speedup = aws_cli["mean"] / agent_aws["mean"]
+    aws_speedup_median = aws_cli["median"] / agent_aws["median"]
     aws_memory_ratio = rss["aws_cli"] / rss["agent_aws"]
     speedup_met = speedup >= TARGET_SPEEDUP
     memory_met = memory_ratio >= TARGET_MEMORY_RATIO
@@ -108,13 +110,13 @@ Kubernetes auth to the same OpenBao server:
 
 | Target | Measured | Result |
 |---|---|---|
-| At least 10x faster than OpenBao Agent | {speedup:.1f}x (ratio of mean times) | {verdict(speedup_met)} |
-| At least 10x less peak memory than OpenBao Agent | {memory_ratio:.1f}x (ratio of median peak RSS) | {verdict(memory_met)} |
+| At least 10x faster than OpenBao Agent | {speedup:.1f}x by mean time ({speedup_median:.1f}x by median) | {verdict(speedup_met)} |
+| At least 10x less peak memory than OpenBao Agent | {memory_ratio:.1f}x by median peak RSS | {verdict(memory_met)} |
 | Release binary under 10 MiB | {mebibytes(agent_binary_bytes)} ({agent_binary_bytes} bytes) | {verdict(binary_met)} |
 
-Against the AWS CLI reading the same secret from moto, the agent is
-{aws_speedup:.1f}x faster and uses {aws_memory_ratio:.1f}x less peak memory. There is
-no target for that comparison.
+The speed target is judged on mean times. There is no target for the AWS
+comparison. There, the agent is {aws_speedup:.1f}x faster than the AWS CLI by mean
+time and uses {aws_memory_ratio:.1f}x less peak memory.
 
 ## What is measured
 
@@ -161,15 +163,15 @@ process, the median of {rss_runs} runs per client. The AWS CLI figure is for the
 
 {openbao_table}
 
-portainer-key-agent against OpenBao Agent: {speedup:.1f}x faster (mean times),
-{memory_ratio:.1f}x less peak RSS (medians).
+Ratios for portainer-key-agent: {speedup:.1f}x faster by mean time,
+{speedup_median:.1f}x by median, and {memory_ratio:.1f}x less peak RSS.
 
 ## Results: AWS Secrets Manager (moto)
 
 {aws_table}
 
-portainer-key-agent against the AWS CLI: {aws_speedup:.1f}x faster (mean times),
-{aws_memory_ratio:.1f}x less peak RSS (medians).
+Ratios for portainer-key-agent: {aws_speedup:.1f}x faster by mean time,
+{aws_speedup_median:.1f}x by median, and {aws_memory_ratio:.1f}x less peak RSS.
 
 ## Install footprint
 

@@ -25,11 +25,14 @@ pub async fn run(config: &Config, connect: bool) -> Result<(), RunError> {
 
     let stores = build_stores(config)?;
     let deadline = Instant::now() + config.deadline;
-    let values = tokio::time::timeout_at(deadline, fetch_all(config, &stores, None, deadline))
-        .await
-        .map_err(|_| RunError::Timeout {
-            deadline_seconds: config.deadline.as_secs(),
-        })??;
+    let values = tokio::time::timeout_at(
+        deadline + crate::fetch::DEADLINE_GRACE,
+        fetch_all(config, &stores, None, deadline),
+    )
+    .await
+    .map_err(|_| RunError::Timeout {
+        deadline_seconds: config.deadline.as_secs(),
+    })??;
 
     for (secret, prepared) in config.secrets.iter().zip(&values) {
         print_line(&format!(

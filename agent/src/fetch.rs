@@ -98,6 +98,10 @@ fn database_status(error: &crate::db::DbError) -> ExitStatus {
     }
 }
 
+/// Time past the deadline after which a run stops even inside a store call; the retry
+/// loop stops at the deadline itself, so this only bounds a call that ignores it.
+pub const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The stores of a configuration, built once.
 pub type Stores = BTreeMap<String, Arc<dyn SecretBackend>>;
 
@@ -173,7 +177,7 @@ pub async fn run(config: &Config, verify_db: Option<&Path>) -> Result<(), RunErr
 
     let deadline = Instant::now() + config.deadline;
     let fetching = fetch_all(config, &stores, database.as_deref(), deadline);
-    let values = tokio::time::timeout_at(deadline, fetching)
+    let values = tokio::time::timeout_at(deadline + DEADLINE_GRACE, fetching)
         .await
         .map_err(|_| RunError::Timeout {
             deadline_seconds: config.deadline.as_secs(),

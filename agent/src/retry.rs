@@ -84,22 +84,35 @@ where
     Fut: Future<Output = Result<T, BackendError>>,
 {
     let mut attempt = 0;
+    let mut last: Option<BackendError> = None;
     loop {
-        let error = match operation().await {
+        let result = match tokio::time::timeout_at(deadline, operation()).await {
+            Ok(result) => result,
+            Err(_) => Err(last.take().unwrap_or_else(|| BackendError::Unavailable {
+                store: what.to_owned(),
+                detail: "the request was still running at the deadline".to_owned(),
+            })),
+        };
+        let error = match result {
             Ok(value) => return Ok(value),
             Err(error) if !error.is_transient() => return Err(RetryError::Permanent(error)),
             Err(error) => error,
         };
 
-        let delay = backoff.delay(attempt, rand::random());
         attempt += 1;
-        if Instant::now() + delay >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Err(RetryError::DeadlineExceeded {
                 attempts: attempt,
                 last: error,
             });
         }
+        // The last wait is cut short so one more attempt starts before the deadline.
+        let delay = backoff
+            .delay(attempt - 1, rand::random())
+            .min(deadline - now);
         tracing::warn!(%error, attempt, retry_in_ms = delay.as_millis(), "{what} failed; retrying");
+        last = Some(error);
         tokio::time::sleep(delay).await;
     }
 }

@@ -117,6 +117,7 @@ pub async fn run(config: &Config, options: &RotateKeyOptions) -> Result<(), Rota
         "1. current key: version {}",
         current.stored.version
     ));
+    ensure_portainer_stopped(&database, &current)?;
     let (pending, generated) = match read_pending(&store, secret).await? {
         Some(pending) => (pending, false),
         None if options.dry_run => {
@@ -144,6 +145,18 @@ pub async fn run(config: &Config, options: &RotateKeyOptions) -> Result<(), Rota
     let promoted = promote(&store, secret, &current, &pending).await?;
     report_next_steps(secret, &promoted);
     Ok(())
+}
+
+/// Fails while Portainer holds the database, before anything is stored.
+fn ensure_portainer_stopped(database: &Path, current: &KeyVersion) -> Result<(), RotateKeyError> {
+    match crate::db::verify(database, current.file_bytes.expose()) {
+        Ok(_) => Ok(()),
+        Err(error) if error.is_key_mismatch() => Ok(()),
+        Err(error) => Err(RotateKeyError::Database {
+            step: "check that Portainer is stopped",
+            error: Box::new(error),
+        }),
+    }
 }
 
 fn key_secret<'a>(

@@ -16,7 +16,8 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 ///
 /// The child starts from an empty environment. The harness always adds
 /// `AWS_EC2_METADATA_DISABLED=true`, so no credential chain probes the instance
-/// metadata address, and points `AWS_CONFIG_FILE` and
+/// metadata address, sends AWS calls without an endpoint to a closed loopback port,
+/// and points `AWS_CONFIG_FILE` and
 /// `AWS_SHARED_CREDENTIALS_FILE` at a missing file, so a developer's profile
 /// never leaks in. A test may override any of them with [`Agent::env`].
 #[derive(Debug)]
@@ -53,6 +54,9 @@ impl Agent {
     {
         let envs = vec![
             ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            // Any AWS call without an explicit endpoint goes to a closed loopback
+            // port instead of a public AWS host; tests point the ones they mean at moto.
+            ("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:9".into()),
             ("AWS_CONFIG_FILE".into(), "/nonexistent/aws-config".into()),
             (
                 "AWS_SHARED_CREDENTIALS_FILE".into(),

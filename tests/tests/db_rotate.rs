@@ -371,7 +371,7 @@ fn rotation_survives_kill_at_every_step() {
 #[test]
 fn rotation_survives_kill_at_random_times() {
     let fixture = Fixture::new();
-    let nonces = fixture.make(&["-size-mib", "16"]);
+    let nonces = fixture.make(&["-size-mib", "4"]);
     fixture.make_backup_file(&fixture.old_key);
     let pristine = fixture.dir.path().join("pristine.edb");
     let pristine_backup = fixture.dir.path().join("pristine.bak");

@@ -261,6 +261,7 @@ fn irsa_web_identity_through_sts() {
             "arn:aws:iam::123456789012:role/portainer-agent",
         )
         .env("AWS_ROLE_SESSION_NAME", "portainer-key-agent")
+        .env("AWS_ENDPOINT_URL_STS", aws.moto.url())
         .run();
 
     output.assert_exit(0);
