@@ -71,12 +71,34 @@ struct KvMount {
     version: KvVersion,
 }
 
+/// A Vault token from a login, with its lease.
+#[derive(Clone)]
+struct CachedToken {
+    token: SecretBytes,
+    obtained: tokio::time::Instant,
+    /// Lease duration; zero for a token that never expires.
+    ttl: std::time::Duration,
+    renewable: bool,
+}
+
+impl CachedToken {
+    /// Renewal starts after two thirds of the lease, as Vault Agent does.
+    fn wants_renewal(&self) -> bool {
+        !self.ttl.is_zero() && self.obtained.elapsed() >= self.ttl * 2 / 3
+    }
+
+    /// A token this close to expiry is replaced by a new login.
+    fn is_expiring(&self) -> bool {
+        !self.ttl.is_zero() && self.obtained.elapsed() + std::time::Duration::from_secs(5) >= self.ttl
+    }
+}
+
 /// A Vault or OpenBao server.
 pub struct VaultBackend {
     settings: VaultSettings,
     client: reqwest::Client,
     label: String,
-    token: Mutex<Option<SecretBytes>>,
+    token: Mutex<Option<CachedToken>>,
     mounts: Mutex<HashMap<String, KvMount>>,
 }
 
@@ -236,6 +258,11 @@ impl VaultBackend {
         if status.is_success() {
             return Ok(reply);
         }
+        if status == StatusCode::FORBIDDEN {
+            // A revoked or expired login token also reads as 403: the next call
+            // logs in again instead of reusing it.
+            self.forget_token().await;
+        }
         Err(status_error(&self.label, path, status, &reply, Step::Read))
     }
 
@@ -253,25 +280,72 @@ impl VaultBackend {
         Ok(headers)
     }
 
-    /// Returns the cached token, logging in first when there is none.
+    /// Returns a usable token: the cached one, renewed after two thirds of its lease,
+    /// or a new login when there is none, renewal is refused, or the lease (capped by
+    /// the role's `max_ttl`) is about to end. A token file is read at every call.
     async fn token(&self) -> Result<SecretBytes, BackendError> {
-        let mut cached = self.token.lock().await;
-        if let Some(token) = cached.as_ref() {
-            return Ok(token.clone());
-        }
-
-        let token = match &self.settings.auth {
-            VaultAuth::TokenFile { path } => read_token_file(&self.label, path)?,
+        let (role, mount, token_path) = match &self.settings.auth {
+            VaultAuth::TokenFile { path } => return read_token_file(&self.label, path),
             VaultAuth::Kubernetes {
                 role,
                 mount,
                 token_path,
-            } => self.kubernetes_login(role, mount, token_path).await?,
+            } => (role, mount, token_path),
         };
-        if matches!(self.settings.auth, VaultAuth::Kubernetes { .. }) {
-            *cached = Some(token.clone());
+
+        let mut cached = self.token.lock().await;
+        if let Some(current) = cached.as_ref() {
+            if !current.wants_renewal() {
+                return Ok(current.token.clone());
+            }
+            if current.renewable && !current.is_expiring() {
+                match self.renew(&current.token).await {
+                    Ok(renewed) => {
+                        let token = renewed.token.clone();
+                        *cached = Some(renewed);
+                        return Ok(token);
+                    }
+                    Err(error) => {
+                        tracing::info!(store = %self.label, %error, "token renewal failed; logging in again");
+                    }
+                }
+            }
         }
+
+        let login = self.kubernetes_login(role, mount, token_path).await?;
+        let token = login.token.clone();
+        *cached = Some(login);
         Ok(token)
+    }
+
+    /// Returns the seconds left on the cached login token, for metrics.
+    pub async fn token_expires_in(&self) -> Option<std::time::Duration> {
+        let cached = self.token.lock().await;
+        let current = cached.as_ref().filter(|token| !token.ttl.is_zero())?;
+        Some(current.ttl.saturating_sub(current.obtained.elapsed()))
+    }
+
+    /// Renews the token with `auth/token/renew-self`.
+    async fn renew(&self, token: &SecretBytes) -> Result<CachedToken, BackendError> {
+        let mut headers = self.base_headers()?;
+        headers.insert("X-Vault-Token", sensitive_header(&self.label, token.expose())?);
+        let url = self.api_url(&["auth", "token"], "renew-self")?;
+        let response = self
+            .client
+            .post(url)
+            .headers(headers)
+            .body("{}")
+            .send()
+            .await
+            .map_err(|error| send_error(&self.label, &error))?;
+        let status = response.status();
+        let reply = read_body(&self.label, response).await?;
+        if !status.is_success() {
+            return Err(status_error(&self.label, "auth/token/renew-self", status, &reply, Step::Login));
+        }
+        let renewed = lease_from_reply(&self.label, "auth/token/renew-self", &reply)?;
+        tracing::debug!(store = %self.label, ttl_seconds = renewed.ttl.as_secs(), "renewed the Vault token");
+        Ok(renewed)
     }
 
     async fn kubernetes_login(
@@ -279,7 +353,7 @@ impl VaultBackend {
         role: &str,
         mount: &str,
         token_path: &PathBuf,
-    ) -> Result<SecretBytes, BackendError> {
+    ) -> Result<CachedToken, BackendError> {
         let jwt = read_jwt(&self.label, token_path)?;
         let jwt_text = std::str::from_utf8(jwt.expose()).map_err(|_| {
             auth_error(
@@ -313,20 +387,9 @@ impl VaultBackend {
             ));
         }
 
-        let mut parsed = parse_json(&self.label, mount, &reply)?;
-        let token = parsed
-            .pointer("/auth/client_token")
-            .and_then(Value::as_str)
-            .map(|token| SecretBytes::copy_from(token.as_bytes()));
-        wipe_json(&mut parsed);
-        tracing::debug!(store = %self.label, role, mount, "logged in with Kubernetes auth");
-        token.ok_or_else(|| {
-            auth_error(
-                &self.label,
-                "the login reply has no auth.client_token".to_owned(),
-                "check that the auth mount is a Kubernetes auth method",
-            )
-        })
+        let login = lease_from_reply(&self.label, mount, &reply)?;
+        tracing::debug!(store = %self.label, role, mount, ttl_seconds = login.ttl.as_secs(), "logged in with Kubernetes auth");
+        Ok(login)
     }
 }
 
@@ -389,6 +452,33 @@ impl SecretBackend for VaultBackend {
 enum Step {
     Login,
     Read,
+}
+
+/// Reads `auth.client_token`, `auth.lease_duration` and `auth.renewable` from a
+/// login or renewal reply.
+fn lease_from_reply(store: &str, path: &str, reply: &SecretBytes) -> Result<CachedToken, BackendError> {
+    let mut parsed = parse_json(store, path, reply)?;
+    let token = parsed
+        .pointer("/auth/client_token")
+        .and_then(Value::as_str)
+        .map(|token| SecretBytes::copy_from(token.as_bytes()));
+    let ttl = parsed.pointer("/auth/lease_duration").and_then(Value::as_u64).unwrap_or(0);
+    let renewable = parsed.pointer("/auth/renewable").and_then(Value::as_bool).unwrap_or(false);
+    wipe_json(&mut parsed);
+
+    let token = token.ok_or_else(|| {
+        auth_error(
+            store,
+            "the reply has no auth.client_token".to_owned(),
+            "check that the auth mount is a Kubernetes auth method",
+        )
+    })?;
+    Ok(CachedToken {
+        token,
+        obtained: tokio::time::Instant::now(),
+        ttl: std::time::Duration::from_secs(ttl),
+        renewable,
+    })
 }
 
 fn check_path(store: &str, path: &str) -> Result<(), BackendError> {

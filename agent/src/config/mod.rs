@@ -6,6 +6,7 @@
 mod parse;
 mod secret;
 mod store;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +15,9 @@ use std::time::Duration;
 
 pub use secret::{Encoding, NewlinePolicy, Owner, SecretKind, SecretSpec};
 pub use store::{StoreKind, StoreSpec};
+pub use watch::{
+    AuditSink, HookAction, HookSpec, PortainerApiSpec, ProcessTarget, StatusListen, WatchSpec,
+};
 
 /// Default total time allowed for `fetch`.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
@@ -25,6 +29,8 @@ pub struct Config {
     pub deadline: Duration,
     pub stores: BTreeMap<String, StoreSpec>,
     pub secrets: Vec<SecretSpec>,
+    /// Sidecar settings; defaults when the file has no `[watch]` table.
+    pub watch: WatchSpec,
 }
 
 /// Every problem found in a configuration.

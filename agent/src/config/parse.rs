@@ -7,9 +7,10 @@ use serde::de::DeserializeOwned;
 
 use super::secret::SecretToml;
 use super::store::StoreToml;
+use super::watch::{WatchSpec, WatchToml};
 use super::{Config, DEFAULT_DEADLINE, SecretSpec, StoreSpec};
 
-const TOP_LEVEL_KEYS: &[&str] = &["deadline_seconds", "stores", "secrets"];
+const TOP_LEVEL_KEYS: &[&str] = &["deadline_seconds", "stores", "secrets", "watch"];
 
 pub(super) fn config(mut table: toml::Table, problems: &mut Vec<String>) -> Option<Config> {
     for key in table.keys() {
@@ -25,10 +26,18 @@ pub(super) fn config(mut table: toml::Table, problems: &mut Vec<String>) -> Opti
     let stores = stores(table.remove("stores"), problems);
     let secrets = secrets(table.remove("secrets"), &stores, problems);
     check_unique_targets(&secrets, problems);
+    let names: Vec<String> = secrets.iter().map(|secret| secret.name.clone()).collect();
+    let watch = match table.remove("watch") {
+        None => WatchSpec::default(),
+        Some(value) => typed::<WatchToml>("watch", value, problems)
+            .map(|raw| raw.validate(&names, problems))
+            .unwrap_or_default(),
+    };
     Some(Config {
         deadline,
         stores,
         secrets,
+        watch,
     })
 }
 

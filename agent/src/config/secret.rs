@@ -72,6 +72,8 @@ pub struct SecretSpec {
     pub newline: NewlinePolicy,
     /// Allows a target directory that is not tmpfs or ramfs.
     pub allow_disk: bool,
+    /// Time between version checks in watch mode; `watch.interval_seconds` when `None`.
+    pub interval: Option<std::time::Duration>,
 }
 
 impl SecretSpec {
@@ -100,6 +102,7 @@ pub(super) struct SecretToml {
     encoding: Option<String>,
     newline: Option<String>,
     allow_disk: Option<bool>,
+    interval_seconds: Option<u64>,
 }
 
 /// Default mode: readable by the owner only.
@@ -131,6 +134,11 @@ impl SecretToml {
             .and_then(|owner| parse_owner(&label, owner, problems));
         let encoding = parse_encoding(&label, self.encoding.as_deref(), problems);
         let newline = parse_newline(&label, self.newline.as_deref(), problems);
+        if let Some(seconds) = self.interval_seconds
+            && !(1..=86_400).contains(&seconds)
+        {
+            problems.push(format!("{label}.interval_seconds: expected 1 to 86400, found {seconds}"));
+        }
         if let Some(field) = &self.field
             && field.is_empty()
         {
@@ -156,6 +164,7 @@ impl SecretToml {
             encoding: encoding?,
             newline: newline?,
             allow_disk: self.allow_disk.unwrap_or(false),
+            interval: self.interval_seconds.map(std::time::Duration::from_secs),
         })
     }
 
