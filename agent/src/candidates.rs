@@ -63,7 +63,7 @@ pub fn candidates(store: &StoreKind, secret: &SecretSpec) -> Vec<Candidate> {
                 }
             }
         }
-        StoreKind::Aws(_) | StoreKind::File => {}
+        StoreKind::Aws(_) | StoreKind::Azure(_) | StoreKind::Gcp(_) | StoreKind::File => {}
     }
     list
 }

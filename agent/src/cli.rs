@@ -63,6 +63,19 @@ pub enum Command {
         connect: bool,
     },
 
+    /// Sidecar mode: deliver every file like fetch, then keep each one current. A new
+    /// encryption key is written only once the database opens with it.
+    #[command(after_long_help = EXIT_STATUS_HELP)]
+    Watch {
+        #[command(flatten)]
+        source: SourceArgs,
+
+        /// Stop when the main container's process exits: pid-file:PATH or
+        /// process:NAME (needs a shared process namespace). For Jobs.
+        #[arg(long, value_name = "pid-file:PATH|process:NAME", value_parser = parse_exit_when, env = "PORTAINER_KEY_AGENT_EXIT_WHEN")]
+        exit_when: Option<crate::watch::ExitWhen>,
+    },
+
     /// Rotate Portainer's database key: obtain a new key (pending in the store, or
     /// generated and stored as pending), re-encrypt the database, then promote the new
     /// key. Portainer must be stopped. Safe to run again after an interruption.
@@ -371,6 +384,20 @@ impl QuickArgs {
     }
 }
 
+fn parse_exit_when(text: &str) -> Result<crate::watch::ExitWhen, String> {
+    match text.split_once(':') {
+        Some(("pid-file", path)) if !path.is_empty() => {
+            Ok(crate::watch::ExitWhen::PidFile(PathBuf::from(path)))
+        }
+        Some(("process", name)) if !name.is_empty() => {
+            Ok(crate::watch::ExitWhen::ProcessName(name.to_owned()))
+        }
+        _ => Err(format!(
+            "expected pid-file:PATH or process:NAME, found {text:?}"
+        )),
+    }
+}
+
 fn insert_some(table: &mut toml::Table, key: &str, value: Option<&str>) {
     if let Some(value) = value {
         table.insert(key.into(), value.into());
@@ -395,7 +422,7 @@ mod tests {
         match cli.command {
             Command::Fetch { source, .. } => source.load(),
             Command::Check { source, .. } => source.load(),
-            Command::RotateKey { source, .. } => source.load(),
+            Command::RotateKey { source, .. } | Command::Watch { source, .. } => source.load(),
             Command::Db(_) => panic!("db takes no store configuration"),
         }
     }

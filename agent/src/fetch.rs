@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use backends::aws::AwsBackend;
+use backends::azure::AzureBackend;
 use backends::file::FileBackend;
+use backends::gcp::GcpBackend;
 use backends::vault::VaultBackend;
 use backends::{BackendError, SecretBackend};
 use tokio::time::Instant;
@@ -67,6 +69,9 @@ pub enum RunError {
         error: Box<crate::db::DbError>,
     },
 
+    #[error("failed to install a signal handler: {0}")]
+    Signal(String),
+
     #[error("no secret was written because the deadline of {deadline_seconds} s passed")]
     Timeout { deadline_seconds: u64 },
 }
@@ -83,6 +88,7 @@ impl RunError {
             RunError::Value(ValueError::Invalid { .. }) => ExitStatus::InvalidValue,
             RunError::Write { .. } => ExitStatus::CannotWrite,
             RunError::KeyMismatch { .. } => ExitStatus::CheckFailed,
+            RunError::Signal(_) => ExitStatus::Internal,
             RunError::Database { error, .. } => database_status(error),
         }
     }
@@ -121,7 +127,9 @@ pub fn build_stores(config: &Config) -> Result<Stores, RunError> {
 fn build_store(spec: &StoreSpec) -> Result<Arc<dyn SecretBackend>, BackendError> {
     Ok(match &spec.kind {
         StoreKind::Vault(settings) => Arc::new(VaultBackend::new(settings.clone())?),
-        StoreKind::Aws(settings) => Arc::new(AwsBackend::new(settings)),
+        StoreKind::Aws(settings) => Arc::new(AwsBackend::new(settings)?),
+        StoreKind::Azure(settings) => Arc::new(AzureBackend::new(settings.clone())?),
+        StoreKind::Gcp(settings) => Arc::new(GcpBackend::new(settings.clone())?),
         StoreKind::File => Arc::new(FileBackend),
     })
 }
@@ -260,7 +268,7 @@ pub async fn fetch_all(
     Ok(values)
 }
 
-async fn fetch_one(
+pub(crate) async fn fetch_one(
     config: &Config,
     stores: &Stores,
     secret: &SecretSpec,

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod retry;
 pub mod rotation;
 pub mod value;
+pub mod watch;
 pub mod writer;
 
 use cli::{Cli, Command};
@@ -47,6 +48,14 @@ pub fn run(cli: Cli) -> ExitStatus {
             }
             Command::Check { source, connect } => {
                 let result = async { check::run(&source.load()?, connect).await };
+                finish(result.await, fetch::RunError::exit_status)
+            }
+            Command::Watch { source, exit_when } => {
+                let options = watch::WatchOptions {
+                    config_path: source.config.clone(),
+                    exit_when,
+                };
+                let result = async { watch::run(source.load()?, options).await };
                 finish(result.await, fetch::RunError::exit_status)
             }
             Command::RotateKey {

@@ -190,7 +190,9 @@ fn rotation_store(kind: &StoreKind, secret: &SecretSpec) -> Result<RotationStore
         error: Box::new(error),
     };
     match kind {
-        StoreKind::Aws(settings) => Ok(RotationStore::Aws(AwsBackend::new(settings))),
+        StoreKind::Aws(settings) => AwsBackend::new(settings)
+            .map(RotationStore::Aws)
+            .map_err(store_error),
         StoreKind::Vault(_) if secret.field.is_none() => Err(RotateKeyError::Config(format!(
             "secret {:?} has no field; rotation keeps the pending and previous keys in the fields <field>{PENDING_SUFFIX} and <field>{PREVIOUS_SUFFIX}, so set field",
             secret.name
@@ -201,6 +203,11 @@ fn rotation_store(kind: &StoreKind, secret: &SecretSpec) -> Result<RotationStore
         StoreKind::File => Err(RotateKeyError::Config(
             "a file store cannot hold versions; rotate with db rotate and replace the file yourself".to_owned(),
         )),
+        StoreKind::Azure(_) | StoreKind::Gcp(_) => Err(RotateKeyError::Config(format!(
+            "rotate-key supports aws and vault stores; store {:?} is of type {:?}, so rotate with db rotate and add the new version in the store yourself",
+            secret.store,
+            kind.type_name()
+        ))),
     }
 }
 

@@ -17,8 +17,10 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use zeroize::Zeroize;
 
+use crate::aws_http::ReqwestHttpClient;
 use crate::http::{Transport, error_chain};
 use crate::{
     BackendError, BackendFuture, SecretBackend, SecretBytes, SecretRequest, SecretValue,
@@ -49,13 +51,17 @@ pub struct AwsBackend {
 impl AwsBackend {
     /// Creates the client and its credential chain; nothing is sent until the first
     /// fetch.
-    pub fn new(settings: &AwsSettings) -> Self {
+    ///
+    /// # Errors
+    /// A [`BackendError::Configuration`] when the CA bundle or a proxy URL is invalid.
+    pub fn new(settings: &AwsSettings) -> Result<Self, BackendError> {
         let label = match &settings.endpoint_url {
             Some(endpoint) => format!("aws secrets manager {endpoint}"),
             None => format!("aws secrets manager {}", settings.region),
         };
-        let client = Client::new(&sdk_config(settings));
-        Self { client, label }
+        let http_client = ReqwestHttpClient::shared(settings.transport.client(&label)?);
+        let client = Client::new(&sdk_config(settings, http_client));
+        Ok(Self { client, label })
     }
 
     async fn get_value(&self, request: &SecretRequest) -> Result<SecretValue, BackendError> {
@@ -308,10 +314,13 @@ fn stage(request: &SecretRequest) -> &str {
 }
 
 /// Builds the SDK configuration with the restricted credential chain and no SDK
-/// retries, because the agent's own loop retries within its deadline.
-fn sdk_config(settings: &AwsSettings) -> SdkConfig {
+/// retries, because the agent's own loop retries within its deadline. The SDK and
+/// every credential provider send their requests through `http_client`.
+fn sdk_config(settings: &AwsSettings, http_client: SharedHttpClient) -> SdkConfig {
     let region = Region::new(settings.region.clone());
-    let provider_config = ProviderConfig::without_region().with_region(Some(region.clone()));
+    let provider_config = ProviderConfig::without_region()
+        .with_region(Some(region.clone()))
+        .with_http_client(http_client.clone());
 
     let mut chain = CredentialsProviderChain::first_try(
         "Environment",
@@ -345,6 +354,7 @@ fn sdk_config(settings: &AwsSettings) -> SdkConfig {
     let mut builder = SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(region)
+        .http_client(http_client)
         .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(chain))
         .retry_config(RetryConfig::disabled())
         .timeout_config(timeouts)

@@ -1,7 +1,14 @@
 //! One transport policy for the HTTP stores: CA bundle, timeouts, proxies.
+//!
+//! Every store (Vault, AWS through [`crate::aws_http`], Azure, GCP) sends every
+//! request (login, token exchange, read) through a client built by
+//! [`Transport::client`], so proxies, extra CAs and timeouts apply the same way.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use url::Url;
 
 use crate::BackendError;
 
@@ -11,12 +18,16 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Transport settings shared by every HTTP store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Transport {
     /// PEM bundle trusted in addition to the system roots.
     pub ca_cert: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Proxy for every request, replacing `HTTPS_PROXY` and `HTTP_PROXY`.
+    pub proxy_url: Option<Url>,
+    /// Hosts reached without the proxy, in `NO_PROXY` syntax, replacing `NO_PROXY`.
+    pub no_proxy: Option<String>,
 }
 
 impl Default for Transport {
@@ -25,31 +36,160 @@ impl Default for Transport {
             ca_cert: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            proxy_url: None,
+            no_proxy: None,
         }
     }
 }
 
+/// Prints the proxy without its user name and password.
+impl fmt::Debug for Transport {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Transport")
+            .field("ca_cert", &self.ca_cert)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("proxy_url", &self.proxy_url.as_ref().map(redact_url))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
+}
+
+/// The proxies that apply to one client, after the settings and the environment
+/// are combined.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyPolicy {
+    /// Proxy for `https://` URLs.
+    pub https: Option<String>,
+    /// Proxy for `http://` URLs.
+    pub http: Option<String>,
+    /// Bypass list in `NO_PROXY` syntax.
+    pub no_proxy: Option<String>,
+}
+
+impl fmt::Debug for ProxyPolicy {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |proxy: &Option<String>| {
+            proxy.as_deref().map(|text| {
+                Url::parse(text).map_or_else(|_| "<invalid>".to_owned(), |url| redact_url(&url))
+            })
+        };
+        formatter
+            .debug_struct("ProxyPolicy")
+            .field("https", &redact(&self.https))
+            .field("http", &redact(&self.http))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
+}
+
 impl Transport {
-    /// Builds a rustls-backed client. Proxies come from `HTTPS_PROXY`, `HTTP_PROXY`
-    /// and `NO_PROXY`, as reqwest reads them.
+    /// Builds a rustls-backed client that applies the CA bundle, the timeouts and
+    /// the proxy policy of [`Transport::proxy_policy`].
     pub fn client(&self, store: &str) -> Result<reqwest::Client, BackendError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("portainer-key-agent/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("portainer-key-agent/", env!("CARGO_PKG_VERSION")))
+            // The policy below replaces reqwest's own reading of the environment,
+            // so a configured no_proxy also applies to proxies from the environment.
+            .no_proxy();
 
         if let Some(path) = &self.ca_cert {
             builder = builder.tls_certs_merge(read_ca_bundle(store, path)?);
+        }
+        let policy = self.proxy_policy(&EnvVars);
+        for proxy in proxies(store, &policy)? {
+            builder = builder.proxy(proxy);
         }
 
         builder
             .build()
             .map_err(|error| BackendError::Configuration {
                 store: store.to_owned(),
-                detail: format!("failed to build the HTTP client: {error}"),
-                hint: "check ca_cert and the proxy environment variables".to_owned(),
+                detail: format!("failed to build the HTTP client: {}", error_chain(&error)),
+                hint: "check ca_cert and the proxy settings".to_owned(),
             })
+    }
+
+    /// Combines the settings with the environment: `proxy_url` replaces
+    /// `HTTPS_PROXY` and `HTTP_PROXY` (upper or lower case, upper case first), and
+    /// `no_proxy` replaces `NO_PROXY`.
+    pub fn proxy_policy(&self, env: &dyn Environment) -> ProxyPolicy {
+        let read = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|name| env.var(name))
+                .filter(|value| !value.trim().is_empty())
+        };
+        let configured = self.proxy_url.as_ref().map(Url::to_string);
+        ProxyPolicy {
+            https: configured
+                .clone()
+                .or_else(|| read(&["HTTPS_PROXY", "https_proxy"])),
+            http: configured.or_else(|| read(&["HTTP_PROXY", "http_proxy"])),
+            no_proxy: self
+                .no_proxy
+                .clone()
+                .or_else(|| read(&["NO_PROXY", "no_proxy"])),
+        }
+    }
+}
+
+/// Where [`Transport::proxy_policy`] reads environment variables.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug)]
+pub struct EnvVars;
+
+impl Environment for EnvVars {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+fn proxies(store: &str, policy: &ProxyPolicy) -> Result<Vec<reqwest::Proxy>, BackendError> {
+    let no_proxy = policy
+        .no_proxy
+        .as_deref()
+        .and_then(reqwest::NoProxy::from_string);
+    let invalid = |text: &str, error: reqwest::Error| BackendError::Configuration {
+        store: store.to_owned(),
+        detail: format!(
+            "invalid proxy URL {}: {}",
+            Url::parse(text).map_or_else(|_| "<unparseable>".to_owned(), |url| redact_url(&url)),
+            error_chain(&error)
+        ),
+        hint: "set proxy_url, HTTPS_PROXY or HTTP_PROXY to a URL such as http://proxy.example:3128"
+            .to_owned(),
+    };
+
+    let mut list = Vec::new();
+    if let Some(text) = &policy.https {
+        let proxy = reqwest::Proxy::https(text.as_str()).map_err(|error| invalid(text, error))?;
+        list.push(proxy.no_proxy(no_proxy.clone()));
+    }
+    if let Some(text) = &policy.http {
+        let proxy = reqwest::Proxy::http(text.as_str()).map_err(|error| invalid(text, error))?;
+        list.push(proxy.no_proxy(no_proxy));
+    }
+    Ok(list)
+}
+
+/// Returns the URL without user name, password, path or query, for logs.
+pub fn redact_url(url: &Url) -> String {
+    let host = match url.host() {
+        Some(host) => host.to_string(),
+        None => String::new(),
+    };
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
     }
 }
 
@@ -85,6 +225,31 @@ pub fn send_error(store: &str, error: &reqwest::Error) -> BackendError {
     }
 }
 
+/// Reads a reply body of at most `max_bytes` into a zeroising buffer.
+pub(crate) async fn read_body_limited(
+    store: &str,
+    mut response: reqwest::Response,
+    max_bytes: usize,
+) -> Result<crate::SecretBytes, BackendError> {
+    let mut body = crate::SecretBytes::default();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| send_error(store, &error))?
+    {
+        if body.len() + chunk.len() > max_bytes {
+            return Err(BackendError::InvalidResponse {
+                store: store.to_owned(),
+                path: response.url().path().to_owned(),
+                detail: format!("the reply is larger than {max_bytes} bytes"),
+                hint: "check that the endpoint URL points at the store".to_owned(),
+            });
+        }
+        body.expose_mut().extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Joins an error and its sources into one line, without the request URL's query.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![error.to_string()];
@@ -102,6 +267,68 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct MapEnv(Vec<(&'static str, &'static str)>);
+
+    impl Environment for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        }
+    }
+
+    #[test]
+    fn environment_proxies_apply_by_scheme() {
+        let env = MapEnv(vec![
+            ("HTTPS_PROXY", "http://127.0.0.1:3128"),
+            ("http_proxy", "http://127.0.0.1:3129"),
+            ("NO_PROXY", "127.0.0.1,::1"),
+        ]);
+
+        let policy = Transport::default().proxy_policy(&env);
+
+        assert_eq!(policy.https.as_deref(), Some("http://127.0.0.1:3128"));
+        assert_eq!(policy.http.as_deref(), Some("http://127.0.0.1:3129"));
+        assert_eq!(policy.no_proxy.as_deref(), Some("127.0.0.1,::1"));
+    }
+
+    #[test]
+    fn configured_proxy_replaces_environment() {
+        let env = MapEnv(vec![
+            ("HTTPS_PROXY", "http://127.0.0.1:3128"),
+            ("NO_PROXY", "*"),
+        ]);
+        let transport = Transport {
+            proxy_url: Some(Url::parse("http://user:password@[::1]:8080").expect("url")),
+            no_proxy: Some("localhost".to_owned()),
+            ..Transport::default()
+        };
+
+        let policy = transport.proxy_policy(&env);
+
+        assert_eq!(
+            policy.https.as_deref(),
+            Some("http://user:password@[::1]:8080/")
+        );
+        assert_eq!(policy.http, policy.https);
+        assert_eq!(policy.no_proxy.as_deref(), Some("localhost"));
+        assert!(transport.client("vault").is_ok());
+    }
+
+    #[test]
+    fn debug_hides_proxy_credentials() {
+        let transport = Transport {
+            proxy_url: Some(Url::parse("http://user:password@[::1]:8080").expect("url")),
+            ..Transport::default()
+        };
+
+        let printed = format!("{transport:?}");
+
+        assert!(!printed.contains("password"), "{printed}");
+        assert!(printed.contains("http://[::1]:8080"), "{printed}");
+    }
 
     #[test]
     fn missing_ca_bundle_names_the_path() {

@@ -5,9 +5,13 @@
 //! Values travel in zeroising buffers and never appear in `Debug`, `Display` or logs.
 
 pub mod aws;
+mod aws_http;
+pub mod azure;
 mod error;
 pub mod file;
+pub mod gcp;
 pub mod http;
+mod oauth;
 mod value;
 pub mod vault;
 
@@ -24,9 +28,10 @@ pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackendErr
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretRequest {
     /// Store-specific location: a Vault path with its mount, an AWS secret name or ARN,
-    /// or a file path.
+    /// an Azure Key Vault secret name, a GCP secret ID, or a file path.
     pub path: String,
-    /// Version pin: a Vault KV v2 version number or an AWS `VersionId`.
+    /// Version pin: a Vault KV v2 version number, an AWS `VersionId`, an Azure Key
+    /// Vault version id, or a GCP version number or alias.
     pub version: Option<String>,
     /// AWS staging label; ignored by the other stores.
     pub stage: Option<String>,
@@ -67,4 +72,9 @@ pub trait SecretBackend: Send + Sync + std::fmt::Debug {
         &'a self,
         request: &'a SecretRequest,
     ) -> BackendFuture<'a, SecretVersion>;
+
+    /// Returns the time left on the store's login token, for stores that hold one.
+    fn token_expires_in(&self) -> BackendFuture<'_, Option<std::time::Duration>> {
+        Box::pin(async { Ok(None) })
+    }
 }

@@ -89,7 +89,8 @@ impl CachedToken {
 
     /// A token this close to expiry is replaced by a new login.
     fn is_expiring(&self) -> bool {
-        !self.ttl.is_zero() && self.obtained.elapsed() + std::time::Duration::from_secs(5) >= self.ttl
+        !self.ttl.is_zero()
+            && self.obtained.elapsed() + std::time::Duration::from_secs(5) >= self.ttl
     }
 }
 
@@ -318,8 +319,8 @@ impl VaultBackend {
         Ok(token)
     }
 
-    /// Returns the seconds left on the cached login token, for metrics.
-    pub async fn token_expires_in(&self) -> Option<std::time::Duration> {
+    /// Returns the time left on the cached login token, for metrics.
+    pub async fn login_expires_in(&self) -> Option<std::time::Duration> {
         let cached = self.token.lock().await;
         let current = cached.as_ref().filter(|token| !token.ttl.is_zero())?;
         Some(current.ttl.saturating_sub(current.obtained.elapsed()))
@@ -328,7 +329,10 @@ impl VaultBackend {
     /// Renews the token with `auth/token/renew-self`.
     async fn renew(&self, token: &SecretBytes) -> Result<CachedToken, BackendError> {
         let mut headers = self.base_headers()?;
-        headers.insert("X-Vault-Token", sensitive_header(&self.label, token.expose())?);
+        headers.insert(
+            "X-Vault-Token",
+            sensitive_header(&self.label, token.expose())?,
+        );
         let url = self.api_url(&["auth", "token"], "renew-self")?;
         let response = self
             .client
@@ -341,7 +345,13 @@ impl VaultBackend {
         let status = response.status();
         let reply = read_body(&self.label, response).await?;
         if !status.is_success() {
-            return Err(status_error(&self.label, "auth/token/renew-self", status, &reply, Step::Login));
+            return Err(status_error(
+                &self.label,
+                "auth/token/renew-self",
+                status,
+                &reply,
+                Step::Login,
+            ));
         }
         let renewed = lease_from_reply(&self.label, "auth/token/renew-self", &reply)?;
         tracing::debug!(store = %self.label, ttl_seconds = renewed.ttl.as_secs(), "renewed the Vault token");
@@ -445,6 +455,10 @@ impl SecretBackend for VaultBackend {
     ) -> BackendFuture<'a, SecretVersion> {
         Box::pin(self.read_version(request))
     }
+
+    fn token_expires_in(&self) -> BackendFuture<'_, Option<std::time::Duration>> {
+        Box::pin(async { Ok(self.login_expires_in().await) })
+    }
 }
 
 /// The request step, which decides how a 403 is reported.
@@ -456,14 +470,24 @@ enum Step {
 
 /// Reads `auth.client_token`, `auth.lease_duration` and `auth.renewable` from a
 /// login or renewal reply.
-fn lease_from_reply(store: &str, path: &str, reply: &SecretBytes) -> Result<CachedToken, BackendError> {
+fn lease_from_reply(
+    store: &str,
+    path: &str,
+    reply: &SecretBytes,
+) -> Result<CachedToken, BackendError> {
     let mut parsed = parse_json(store, path, reply)?;
     let token = parsed
         .pointer("/auth/client_token")
         .and_then(Value::as_str)
         .map(|token| SecretBytes::copy_from(token.as_bytes()));
-    let ttl = parsed.pointer("/auth/lease_duration").and_then(Value::as_u64).unwrap_or(0);
-    let renewable = parsed.pointer("/auth/renewable").and_then(Value::as_bool).unwrap_or(false);
+    let ttl = parsed
+        .pointer("/auth/lease_duration")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let renewable = parsed
+        .pointer("/auth/renewable")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     wipe_json(&mut parsed);
 
     let token = token.ok_or_else(|| {

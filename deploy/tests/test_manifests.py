@@ -27,8 +27,8 @@ KUBERNETES = REPO / "deploy" / "kubernetes"
 POST_RENDERER = REPO / "deploy" / "helm" / "post-renderer" / "kustomize-post-renderer"
 AGENT = Path(os.environ.get("PORTAINER_KEY_AGENT_BINARY", REPO / "target/debug/portainer-key-agent"))
 
-# The oldest Kubernetes minor release still supported upstream when this was
-# written, and the newest that kubernetes-validate 1.37.0 bundles.
+# An older and the newest Kubernetes release whose schemas kubernetes-validate
+# 1.37.0 bundles, so that fields new in 1.37 alone would fail.
 KUBERNETES_VERSIONS = ["1.32.0", "1.37.0"]
 
 AGENT_ID = 65532
@@ -116,17 +116,17 @@ def check_pod_security(documents: list, key_target: str, vault_token: bool) -> N
     assert [c["name"] for c in pod["initContainers"]] == ["portainer-key-agent"]
     agent = pod["initContainers"][0]
     context = agent["securityContext"]
-    assert context["runAsNonRoot"] is True
-    assert context["runAsUser"] == AGENT_ID
-    assert context["readOnlyRootFilesystem"] is True
-    assert context["allowPrivilegeEscalation"] is False
-    assert context["capabilities"]["drop"] == ["ALL"]
-    assert "add" not in context["capabilities"]
-    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert context["runAsNonRoot"] is True, "agent runAsNonRoot"
+    assert context["runAsUser"] == AGENT_ID, "agent runAsUser"
+    assert context["readOnlyRootFilesystem"] is True, "agent readOnlyRootFilesystem"
+    assert context["allowPrivilegeEscalation"] is False, "agent allowPrivilegeEscalation"
+    assert context["capabilities"]["drop"] == ["ALL"], "agent capabilities drop"
+    assert "add" not in context["capabilities"], "agent capabilities add"
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}, "agent seccompProfile"
 
     portainer = by_name(pod["containers"], "portainer")
-    assert portainer["securityContext"]["allowPrivilegeEscalation"] is False
-    assert portainer["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert portainer["securityContext"]["allowPrivilegeEscalation"] is False, "Portainer escalation"
+    assert portainer["securityContext"]["capabilities"]["drop"] == ["ALL"], "Portainer capabilities"
 
     # The shared volumes: RAM, bounded, mounted as whole directories.
     volumes = {volume["name"]: volume for volume in pod["volumes"]}

@@ -138,7 +138,7 @@ func runMake(args []string) error {
 	fs.IntVar(&c.keys, "keys", 3000, "number of keys in the bucket 'bulk'")
 	fs.IntVar(&c.largeValues, "large", 6, "number of large (overflow) values in the bucket 'stacks'")
 	fs.IntVar(&c.seed, "seed", 1, "seed for value contents")
-	fs.IntVar(&c.sizeMiB, "size-mib", 0, "add about this many MiB of 16 KiB values in the bucket 'blobs'")
+	fs.IntVar(&c.sizeMiB, "size-mib", 0, "add about this many MiB of 4000-byte values in the bucket 'blobs'")
 	fs.BoolVar(&c.noFreelistSync, "no-freelist-sync", false, "do not persist the freelist")
 	fs.BoolVar(&c.oldVersion, "old-version", false, "write the version bucket as Portainer 2.16 and older did")
 	if err := fs.Parse(args); err != nil {
@@ -188,7 +188,7 @@ func writeDatabase(c makeConfig, s *sealer) error {
 		func(tx *bolt.Tx) error { return putBulk(tx, s, rng, c.keys) },
 		func(tx *bolt.Tx) error { return putLarge(tx, s, rng, c.largeValues) },
 		// Later transactions overwrite and delete, so free pages and the older
-		// meta's tree still hold earlier ciphertext.
+		// meta's tree still contain earlier ciphertext.
 		func(tx *bolt.Tx) error { return churn(tx, s, rng) },
 		func(tx *bolt.Tx) error { return putLarge(tx, s, rng, c.largeValues) },
 	}
@@ -337,9 +337,11 @@ func churn(tx *bolt.Tx, s *sealer, rng *mrand.Rand) error {
 }
 
 func putBlobs(db *bolt.DB, s *sealer, rng *mrand.Rand, sizeMiB int) error {
-	const valueSize = 16 * 1024
+	// 4000 plaintext bytes (4028 stored) fill one 4 KiB page each, so the
+	// file size is close to the requested size.
+	const valueSize = 4000
 	total := sizeMiB * 1024 * 1024 / valueSize
-	payload := randomJSON(rng, valueSize-20)
+	payload := randomJSON(rng, valueSize-11)
 	for done := 0; done < total; {
 		err := db.Update(func(tx *bolt.Tx) error {
 			b, err := tx.CreateBucketIfNotExists([]byte("blobs"))

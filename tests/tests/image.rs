@@ -77,9 +77,12 @@ impl Drop for Image {
 
 /// Runs `docker ARGS`, panicking when docker cannot be started at all.
 fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().unwrap_or_else(|error| {
-        panic!("failed to run docker {args:?}: {error}; install Docker and start the engine")
-    })
+    Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("failed to run docker {args:?}: {error}; install Docker and start the engine")
+        })
 }
 
 fn assert_success(what: &str, output: &Output) {
@@ -92,7 +95,7 @@ fn assert_success(what: &str, output: &Output) {
     );
 }
 
-/// The final stage of a Dockerfile: every line from the last `FROM` on.
+/// Returns the final stage of a Dockerfile: every line from the last `FROM` on.
 fn final_stage(dockerfile: &str) -> Vec<&str> {
     let lines: Vec<&str> = dockerfile.lines().collect();
     let start = lines
@@ -151,10 +154,17 @@ fn dockerfile_differs_only_in_builder() {
             .unwrap_or_else(|| panic!("line changed beyond COPY --from=builder: {release_line:?}"));
         let (source_path, destination) = source.split_once(' ').expect("COPY has a destination");
         let name = source_path.rsplit('/').next().expect("source has a name");
-        assert_eq!(*test_line, format!("COPY {name} {destination}"), "rewritten COPY");
+        assert_eq!(
+            *test_line,
+            format!("COPY {name} {destination}"),
+            "rewritten COPY"
+        );
         rewritten += 1;
     }
-    assert_eq!(rewritten, 2, "the binary and the CA bundle come from the builder");
+    assert_eq!(
+        rewritten, 2,
+        "the binary and the CA bundle come from the builder"
+    );
     assert!(
         !generated.contains("--from="),
         "the test Dockerfile has no builder stage:\n{generated}"
@@ -166,25 +176,53 @@ fn image_is_small_static_and_non_root() {
     let image = Image::build();
 
     let size = image.size_bytes();
-    eprintln!("image {} size: {size} bytes ({:.1} MiB)", image.tag, size as f64 / 1048576.0);
-    assert!(size < MAX_IMAGE_BYTES, "image is {size} bytes, over {MAX_IMAGE_BYTES}");
+    eprintln!(
+        "image {} size: {size} bytes ({:.1} MiB)",
+        image.tag,
+        size as f64 / 1048576.0
+    );
+    assert!(
+        size < MAX_IMAGE_BYTES,
+        "image is {size} bytes, over {MAX_IMAGE_BYTES}"
+    );
 
-    assert_eq!(image.inspect("{{.Config.User}}"), "65532:65532", "image user");
+    assert_eq!(
+        image.inspect("{{.Config.User}}"),
+        "65532:65532",
+        "image user"
+    );
     assert_eq!(
         image.inspect("{{json .Config.Entrypoint}}"),
         r#"["/usr/local/bin/portainer-key-agent"]"#,
         "entrypoint"
     );
-    assert_eq!(image.inspect("{{json .Config.Cmd}}"), r#"["fetch"]"#, "default command");
+    assert_eq!(
+        image.inspect("{{json .Config.Cmd}}"),
+        r#"["fetch"]"#,
+        "default command"
+    );
     assert_eq!(
         image.inspect(r#"{{index .Config.Labels "org.opencontainers.image.title"}}"#),
         "portainer-key-agent",
         "OCI title label"
     );
-    assert_eq!(image.inspect("{{json .Config.Healthcheck}}"), "null", "health check");
+    assert_eq!(
+        image.inspect("{{json .Config.Healthcheck}}"),
+        "null",
+        "health check"
+    );
 
     // The binary runs with no libc in the image.
-    let version = docker(&["run", "--rm", "--network", "none", &image.tag, "--version"]);
+    let version = docker(&[
+        "run",
+        "--pull",
+        "never",
+        "--rm",
+        "--network",
+        "none",
+        &image.tag,
+        "--version",
+    ]);
     assert_success("portainer-key-agent --version in the image", &version);
     assert!(
         String::from_utf8_lossy(&version.stdout).contains("portainer-key-agent"),
@@ -193,7 +231,17 @@ fn image_is_small_static_and_non_root() {
     );
 
     // No shell to exec into.
-    let shell = docker(&["run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", &image.tag]);
+    let shell = docker(&[
+        "run",
+        "--pull",
+        "never",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/bin/sh",
+        &image.tag,
+    ]);
     assert!(!shell.status.success(), "the image has a /bin/sh");
 }
 
@@ -207,11 +255,20 @@ fn image_fetches_from_openbao_as_init_container() {
     let account = ServiceAccount::new("portainer", "portainer", "portainer-uid");
     bao.enable_kubernetes_auth("kubernetes", &tokenreview);
     bao.write_read_policy("portainer-key-agent", &["secret/data/portainer"]);
-    bao.write_kubernetes_role("kubernetes", "portainer", &account, &["portainer-key-agent"]);
+    bao.write_kubernetes_role(
+        "kubernetes",
+        "portainer",
+        &account,
+        &["portainer-key-agent"],
+    );
     // A key with a tab, spaces and a trailing newline, which must all arrive.
     let key = "k3y with\tspaces and a newline\n";
     let password = "pässwörd with spaces";
-    bao.kv2_put("secret", "portainer", &json!({ "key": key, "password": password }));
+    bao.kv2_put(
+        "secret",
+        "portainer",
+        &json!({ "key": key, "password": password }),
+    );
 
     let token_dir = TempDir::new().expect("temporary directory");
     let token_file = token_dir.path().join("token");
@@ -246,10 +303,24 @@ fn image_fetches_from_openbao_as_init_container() {
     // 1. Into directories shared with the host, so the host can check the files.
     let secrets_mount = format!("--volume={}:/run/secrets", secrets_dir.path().display());
     let portainer_mount = format!("--volume={}:/run/portainer", portainer_dir.path().display());
-    let mut args = vec!["run", "--rm", "--network", "host", "--user", "65532:65532"];
+    let mut args = vec![
+        "run",
+        "--pull",
+        "never",
+        "--rm",
+        "--network",
+        "host",
+        "--user",
+        "65532:65532",
+    ];
     args.extend(HARDENING);
     args.extend(store_env);
-    args.extend([secrets_mount.as_str(), portainer_mount.as_str(), &image.tag, "fetch"]);
+    args.extend([
+        secrets_mount.as_str(),
+        portainer_mount.as_str(),
+        &image.tag,
+        "fetch",
+    ]);
     let fetch = docker(&args);
     assert_success("fetch in the image", &fetch);
 
@@ -265,14 +336,31 @@ fn image_fetches_from_openbao_as_init_container() {
         expected(password.as_bytes()),
     );
     let log = String::from_utf8_lossy(&fetch.stderr);
-    assert!(!log.contains(key.trim_end()), "the key appears in the log:\n{log}");
-    assert!(!log.contains(password), "the password appears in the log:\n{log}");
+    assert!(
+        !log.contains(key.trim_end()),
+        "the key appears in the log:\n{log}"
+    );
+    assert!(
+        !log.contains(password),
+        "the password appears in the log:\n{log}"
+    );
 
     // 2. A second container reads the files as Portainer does in the manifests:
     // root with every capability dropped, in group 65532 through fsGroup.
     let secrets_read_only = format!("{secrets_mount}:ro");
     let portainer_read_only = format!("{portainer_mount}:ro");
-    let mut args = vec!["run", "--rm", "--network", "none", "--user", "0:0", "--group-add", "65532"];
+    let mut args = vec![
+        "run",
+        "--pull",
+        "never",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        "0:0",
+        "--group-add",
+        "65532",
+    ];
     args.extend(HARDENING);
     args.extend([
         secrets_read_only.as_str(),
@@ -292,10 +380,22 @@ fn image_fetches_from_openbao_as_init_container() {
         "/run/check/admin-password",
     ]);
     let read_back = docker(&args);
-    assert_success("check --connect of the written files as capability-less root", &read_back);
+    assert_success(
+        "check --connect of the written files as capability-less root",
+        &read_back,
+    );
 
     // 3. Into Docker's own tmpfs mounts, owned by the agent's user.
-    let mut args = vec!["run", "--rm", "--network", "host", "--user", "65532:65532"];
+    let mut args = vec![
+        "run",
+        "--pull",
+        "never",
+        "--rm",
+        "--network",
+        "host",
+        "--user",
+        "65532:65532",
+    ];
     args.extend(HARDENING);
     args.extend(store_env);
     args.extend([

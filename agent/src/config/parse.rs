@@ -60,7 +60,7 @@ fn stores(value: Option<toml::Value>, problems: &mut Vec<String>) -> BTreeMap<St
     let mut stores = BTreeMap::new();
     let Some(value) = value else {
         problems.push(
-            "stores: missing; add a [stores.NAME] table with type = \"vault\", \"aws\" or \"file\""
+            "stores: missing; add a [stores.NAME] table with type = \"vault\", \"aws\", \"azure\", \"gcp\" or \"file\""
                 .to_owned(),
         );
         return stores;

@@ -137,7 +137,9 @@ impl SecretToml {
         if let Some(seconds) = self.interval_seconds
             && !(1..=86_400).contains(&seconds)
         {
-            problems.push(format!("{label}.interval_seconds: expected 1 to 86400, found {seconds}"));
+            problems.push(format!(
+                "{label}.interval_seconds: expected 1 to 86400, found {seconds}"
+            ));
         }
         if let Some(field) = &self.field
             && field.is_empty()
@@ -208,6 +210,14 @@ impl SecretToml {
             {
                 problems.push(format!("{label}.path: {path:?} must be mount/secret, such as \"secret/portainer\", without a leading '/' or '..'"));
             }
+            Some(StoreKind::Azure(_))
+                if backends::azure::check_secret_name(label, &path).is_err() =>
+            {
+                problems.push(format!("{label}.path: {path:?} is not a Key Vault secret name; use 1 to 127 letters, digits and hyphens"));
+            }
+            Some(StoreKind::Gcp(_)) if backends::gcp::check_secret_path(label, &path).is_err() => {
+                problems.push(format!("{label}.path: {path:?} is not a Secret Manager secret; write the secret ID, such as \"portainer-db-key\", or \"projects/PROJECT/secrets/ID\""));
+            }
             _ => {}
         }
         if self.stage.is_some() && !matches!(store, Some(StoreKind::Aws(_))) {
@@ -253,6 +263,16 @@ impl SecretToml {
                 problems.push(format!(
                     "{label}.version: file stores have no versions; remove it"
                 ));
+            }
+            Some(StoreKind::Azure(_))
+                if backends::azure::check_version(label, "", &version).is_err() =>
+            {
+                problems.push(format!("{label}.version: {version:?} is not a Key Vault version id; use the 32-character id that Key Vault lists"));
+            }
+            Some(StoreKind::Gcp(_))
+                if backends::gcp::check_version(label, "", &version).is_err() =>
+            {
+                problems.push(format!("{label}.version: {version:?} is not a Secret Manager version; use a version number (1, 2, ...) or an alias"));
             }
             _ => {}
         }

@@ -75,7 +75,10 @@ pub enum HookAction {
     /// Sends a signal to a process found by pid file or by command name.
     Signal { signal: i32, target: ProcessTarget },
     /// Runs a command with an empty environment and a time limit.
-    Command { argv: Vec<String>, timeout: Duration },
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
     /// Sends `POST` with a JSON body naming the secret and its version.
     Post { url: url::Url },
 }
@@ -134,13 +137,17 @@ impl WatchToml {
         let mut spec = WatchSpec::default();
         if let Some(seconds) = self.interval_seconds {
             if !(1..=86_400).contains(&seconds) {
-                problems.push(format!("watch.interval_seconds: expected 1 to 86400, found {seconds}"));
+                problems.push(format!(
+                    "watch.interval_seconds: expected 1 to 86400, found {seconds}"
+                ));
             }
             spec.interval = Duration::from_secs(seconds);
         }
         if let Some(jitter) = self.jitter {
             if !(0.0..=0.5).contains(&jitter) {
-                problems.push(format!("watch.jitter: expected a fraction from 0 to 0.5, found {jitter}"));
+                problems.push(format!(
+                    "watch.jitter: expected a fraction from 0 to 0.5, found {jitter}"
+                ));
             }
             spec.jitter = jitter;
         }
@@ -152,7 +159,10 @@ impl WatchToml {
         }
         spec.data_dir = self.data_dir;
         spec.replace_key_without_database = self.replace_key_without_database.unwrap_or(false);
-        spec.status = self.status_listen.as_deref().and_then(|text| parse_listen(text, problems));
+        spec.status = self
+            .status_listen
+            .as_deref()
+            .and_then(|text| parse_listen(text, problems));
         spec.audit = self.audit.map(|text| match text.as_str() {
             "stdout" => AuditSink::Stdout,
             _ => AuditSink::File(PathBuf::from(text)),
@@ -198,7 +208,8 @@ impl PortainerApiToml {
                 None
             }
             None => {
-                problems.push("watch.portainer_api.url: missing; set Portainer's address".to_owned());
+                problems
+                    .push("watch.portainer_api.url: missing; set Portainer's address".to_owned());
                 None
             }
         };
@@ -211,14 +222,23 @@ impl PortainerApiToml {
 }
 
 impl HookToml {
-    fn validate(self, index: usize, secret_names: &[String], problems: &mut Vec<String>) -> Option<HookSpec> {
+    fn validate(
+        self,
+        index: usize,
+        secret_names: &[String],
+        problems: &mut Vec<String>,
+    ) -> Option<HookSpec> {
         let at = format!("watch.hooks[{index}]");
         for name in &self.secrets {
             if !secret_names.contains(name) {
                 problems.push(format!("{at}.secrets: no secret named {name:?}"));
             }
         }
-        let actions = [self.signal.is_some(), self.command.is_some(), self.url.is_some()];
+        let actions = [
+            self.signal.is_some(),
+            self.command.is_some(),
+            self.url.is_some(),
+        ];
         if actions.iter().filter(|set| **set).count() != 1 {
             problems.push(format!("{at}: set exactly one of signal, command or url"));
             return None;
@@ -238,7 +258,9 @@ impl HookToml {
             match url::Url::parse(&text) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => HookAction::Post { url },
                 _ => {
-                    problems.push(format!("{at}.url: {text:?} is not an http:// or https:// URL"));
+                    problems.push(format!(
+                        "{at}.url: {text:?} is not an http:// or https:// URL"
+                    ));
                     return None;
                 }
             }
@@ -249,14 +271,21 @@ impl HookToml {
         })
     }
 
-    fn signal_action(&self, at: &str, signal: &str, problems: &mut Vec<String>) -> Option<HookAction> {
+    fn signal_action(
+        &self,
+        at: &str,
+        signal: &str,
+        problems: &mut Vec<String>,
+    ) -> Option<HookAction> {
         let number = match signal.trim_start_matches("SIG") {
             "HUP" => libc_signal::HUP,
             "USR1" => libc_signal::USR1,
             "USR2" => libc_signal::USR2,
             "TERM" => libc_signal::TERM,
             _ => {
-                problems.push(format!("{at}.signal: expected HUP, USR1, USR2 or TERM, found {signal:?}"));
+                problems.push(format!(
+                    "{at}.signal: expected HUP, USR1, USR2 or TERM, found {signal:?}"
+                ));
                 return None;
             }
         };
@@ -264,11 +293,16 @@ impl HookToml {
             (Some(path), None) => ProcessTarget::PidFile(path.clone()),
             (None, Some(name)) if !name.is_empty() => ProcessTarget::Name(name.clone()),
             _ => {
-                problems.push(format!("{at}: a signal hook needs exactly one of pid_file or process_name"));
+                problems.push(format!(
+                    "{at}: a signal hook needs exactly one of pid_file or process_name"
+                ));
                 return None;
             }
         };
-        Some(HookAction::Signal { signal: number, target })
+        Some(HookAction::Signal {
+            signal: number,
+            target,
+        })
     }
 }
 

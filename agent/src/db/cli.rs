@@ -1,9 +1,14 @@
 //! Arguments and entry point of the `db` subcommands.
 //!
-//! Exit codes: 0 success; 1 the key does not open the database; 65 invalid or
-//! corrupt data; 66 a file is missing or unreadable; 73 a file cannot be
-//! written; 75 the database is locked by another process; 78 invalid
-//! arguments.
+//! Exit codes:
+//!
+//! - 0: success
+//! - 1: the key does not open the database
+//! - 65: invalid or corrupt data
+//! - 66: a file is missing or unreadable
+//! - 73: a file cannot be written
+//! - 75: the database is locked by another process
+//! - 78: invalid arguments
 
 use std::fs;
 use std::io::{self, Read, Write};

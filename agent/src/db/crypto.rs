@@ -87,11 +87,12 @@ impl PortainerKey {
         scratch.clear();
         scratch.extend_from_slice(stored);
         let result = self.open_in_place(scratch).is_ok();
-        scratch.zeroize();
+        // Wipes the bytes just used; the caller wipes the full capacity once.
+        scratch.as_mut_slice().zeroize();
         result
     }
 
-    /// Decrypts `value` in place: afterwards `value[12..len - 16]` holds the
+    /// Decrypts `value` in place: afterwards `value[12..len - 16]` contains the
     /// plaintext. On failure `value` is unchanged.
     pub(crate) fn open_in_place(&self, value: &mut [u8]) -> Result<(), AuthenticationFailed> {
         if value.len() < OVERHEAD {

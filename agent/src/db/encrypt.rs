@@ -1,9 +1,9 @@
 //! Turning a plaintext `portainer.db` into an encrypted `portainer.edb`.
 //!
 //! Portainer's own migration goes through a typed export that drops buckets
-//! it does not know, so this tool copies the file bucket by bucket instead:
-//! every bucket, key, bucket sequence and value byte is kept, and each value
-//! is encrypted as Portainer stores it.
+//! it does not know. This tool copies the file bucket by bucket instead, so
+//! every bucket, key, bucket sequence and value byte is kept. Each value is
+//! encrypted as Portainer stores it.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -119,7 +119,7 @@ fn encrypt_image(
     write_database(layout.page_size, layout.meta.root_sequence, &mut buckets)
 }
 
-/// Checks that the written copy holds exactly the source's buckets,
+/// Checks that the written copy contains exactly the source's buckets,
 /// sequences, keys and (decrypted) values, in the same order.
 fn check_encrypted_copy(
     staged: &StagedFile,

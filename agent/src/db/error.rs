@@ -51,7 +51,7 @@ pub enum DbError {
     Corrupt {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
+        /// The structural problem.
         #[source]
         source: BoltError,
     },
@@ -86,7 +86,7 @@ pub enum DbError {
     Unwritable {
         /// The database file.
         path: PathBuf,
-        /// Why the writer rejected it.
+        /// The writer's reason.
         #[source]
         source: WriteError,
     },
@@ -122,13 +122,13 @@ pub enum DbError {
     CopyVerificationFailed {
         /// The temporary copy.
         path: PathBuf,
-        /// What did not match.
+        /// The check that failed.
         reason: &'static str,
     },
     /// An argument is unusable.
     #[error("invalid input: {reason}")]
     InvalidInput {
-        /// What is wrong and how to fix it.
+        /// The problem and its fix.
         reason: &'static str,
     },
 }

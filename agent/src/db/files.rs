@@ -36,7 +36,7 @@ fn write_error(path: &Path, source: io::Error) -> DbError {
     }
 }
 
-/// The directory that contains `path`.
+/// Returns the directory that contains `path`.
 pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,

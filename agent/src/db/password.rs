@@ -23,7 +23,7 @@ use super::{ENCRYPTED_DB_NAME, PLAINTEXT_DB_NAME, resolve_db_path};
 
 /// bcrypt cost Portainer uses (`bcrypt.DefaultCost`).
 const BCRYPT_COST: u32 = 10;
-/// Longest password bcrypt hashes without truncation, in bytes.
+/// Maximum password length bcrypt hashes without truncation, in bytes.
 pub const MAX_PASSWORD_LEN: usize = 72;
 
 /// Result of [`reset_admin_password`].

@@ -43,15 +43,15 @@ pub enum RotateStep {
 /// Options of [`rotate`].
 #[derive(Debug, Clone, Default)]
 pub struct RotateOptions {
-    /// Where to keep a copy of the database as it was, still under the old
-    /// key. Overwritten if present. `None` keeps no copy.
+    /// Path for a copy of the database as it was, still under the old key.
+    /// An existing file there is overwritten. `None` keeps no copy.
     pub backup: Option<PathBuf>,
     /// Called after each step with the file being rotated, for progress
     /// reports; tests use it to kill the process at chosen points.
     pub on_step: Option<fn(&Path, RotateStep)>,
 }
 
-/// What happened to one file.
+/// Outcome for one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileOutcome {
     /// Every value was re-encrypted under the new key.
@@ -67,7 +67,7 @@ pub enum FileOutcome {
     AlreadyNewKey,
 }
 
-/// What happened to Portainer's pre-migration backup file.
+/// Outcome for Portainer's pre-migration backup file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackupFileOutcome {
     /// There is no backup file.
@@ -77,7 +77,7 @@ pub enum BackupFileOutcome {
     /// The backup file opens with neither key or is damaged, so it was left
     /// as it is; it may still hold data under another key.
     Skipped {
-        /// Why it was left.
+        /// Reason the file was left unchanged.
         reason: String,
     },
 }
@@ -87,13 +87,13 @@ pub enum BackupFileOutcome {
 pub struct RotateReport {
     /// The database file.
     pub database: PathBuf,
-    /// What happened to it.
+    /// Outcome for the database file.
     pub outcome: FileOutcome,
     /// The backup of the original, if one was requested and written.
     pub backup: Option<PathBuf>,
     /// Path of Portainer's pre-migration backup file.
     pub backup_file: PathBuf,
-    /// What happened to it.
+    /// Outcome for the backup file.
     pub backup_file_outcome: BackupFileOutcome,
 }
 

@@ -1,17 +1,19 @@
 //! Checking that every value of an encrypted database opens with a key.
 
 use std::path::{Path, PathBuf};
+use std::thread;
 
 use zeroize::Zeroizing;
 
-use super::bolt::{FreelistForm, Layout, parse};
+use super::bolt::{FreelistForm, Layout, ValueRef, parse};
 use super::crypto::{PASS_THROUGH_VALUE, PortainerKey};
 use super::error::DbError;
 use super::lock::{LockMode, LockedFile};
+use super::parallel::thread_count;
 use super::{ENCRYPTED_DB_NAME, resolve_db_path};
 
-/// What `verify` found. It names buckets and counts values; it contains no
-/// key material and no decrypted value except the schema version.
+/// Result of [`verify`]: bucket names and value counts. It contains no key
+/// material and no decrypted value except the schema version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     /// The database file that was checked.
@@ -20,7 +22,7 @@ pub struct VerifyReport {
     pub page_size: usize,
     /// Transaction id of the active meta page.
     pub txid: u64,
-    /// How the file records free pages.
+    /// Freelist form of the file.
     pub freelist: FreelistForm,
     /// Top-level buckets in key order.
     pub buckets: Vec<BucketSummary>,
@@ -113,10 +115,36 @@ struct Counts {
     pass_through: u64,
 }
 
+/// Authenticates every value, spreading large files over threads.
 fn authenticate_all(data: &[u8], layout: &Layout, key: &PortainerKey) -> Counts {
+    let bytes: usize = layout.values.iter().map(|entry| entry.value.len()).sum();
+    let threads = thread_count(bytes);
+    let per_thread = layout.values.len().div_ceil(threads).max(1);
+    thread::scope(|scope| {
+        let workers: Vec<_> = layout
+            .values
+            .chunks(per_thread)
+            .map(|entries| scope.spawn(move || authenticate_entries(data, entries, key)))
+            .collect();
+        workers
+            .into_iter()
+            .fold(Counts::default(), |total, worker| {
+                let counts = worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                Counts {
+                    encrypted: total.encrypted + counts.encrypted,
+                    failed: total.failed + counts.failed,
+                    pass_through: total.pass_through + counts.pass_through,
+                }
+            })
+    })
+}
+
+fn authenticate_entries(data: &[u8], entries: &[ValueRef], key: &PortainerKey) -> Counts {
     let mut counts = Counts::default();
     let mut scratch = Zeroizing::new(Vec::new());
-    for entry in &layout.values {
+    for entry in entries {
         let value = &data[entry.value.clone()];
         if value == PASS_THROUGH_VALUE {
             counts.pass_through += 1;

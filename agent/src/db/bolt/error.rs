@@ -16,9 +16,9 @@ pub enum BoltError {
     /// Neither meta page has the BoltDB magic, version 2 and a matching checksum.
     #[error("no valid meta page: page 0 {first}, page 1 {second}")]
     NoValidMeta {
-        /// Why meta page 0 was rejected.
+        /// Reason for rejecting meta page 0.
         first: &'static str,
-        /// Why meta page 1 was rejected.
+        /// Reason for rejecting meta page 1.
         second: &'static str,
     },
     /// A page id is outside the file or above the meta page's high-water mark.

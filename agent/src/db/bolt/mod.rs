@@ -1,9 +1,9 @@
 //! Reading and writing BoltDB (bbolt) files without the bbolt library.
 //!
-//! The format follows bbolt 1.3 on little-endian machines: two meta pages with
-//! an FNV-1a checksum, branch and leaf pages with 16-byte element headers,
-//! overflow runs, inline buckets, and a freelist that is either persisted on a
-//! page or not persisted at all (`NoFreelistSync`).
+//! The format follows bbolt 1.3 on little-endian machines. A file has two meta
+//! pages with an FNV-1a checksum, branch and leaf pages with 16-byte element
+//! headers, overflow runs and inline buckets. Its freelist is either persisted
+//! on a page or not persisted at all (`NoFreelistSync`).
 
 mod error;
 mod meta;

@@ -9,8 +9,10 @@ fn entry<'a>(key: &'a [u8], value: Vec<u8>) -> WriteEntry<'a> {
     }
 }
 
-/// Reads every bucket back as (name, sequence, inline, entries).
-fn read_back(data: &[u8]) -> Vec<(Vec<u8>, u64, bool, Vec<(Vec<u8>, Vec<u8>)>)> {
+/// A bucket read back: name, sequence, inline flag and entries.
+type ReadBucket = (Vec<u8>, u64, bool, Vec<(Vec<u8>, Vec<u8>)>);
+
+fn read_back(data: &[u8]) -> Vec<ReadBucket> {
     let layout = parse(data).expect("written file parses");
     layout
         .buckets

@@ -61,7 +61,7 @@ pub struct Layout {
     pub meta: Meta,
     /// Page id (0 or 1) of the active meta page.
     pub active_meta_page: u64,
-    /// How the free pages are recorded.
+    /// Freelist form of the file.
     pub freelist: FreelistForm,
     /// Top-level buckets in key order.
     pub buckets: Vec<BucketRef>,

@@ -288,7 +288,7 @@ pub(crate) fn write_meta_page(span: &mut [u8], id: u64, meta: &Meta) {
     span[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + META_SIZE].copy_from_slice(&meta.encode());
 }
 
-/// Splits `items` into nodes that fit one page each; an item larger than a
+/// Splits `items` into nodes that fit one page each. An item larger than a
 /// page gets a node of its own, which then spans overflow pages.
 fn pack<T>(items: &[T], page_size: usize, item_size: impl Fn(&T) -> usize) -> Vec<&[T]> {
     let mut chunks = Vec::new();
