@@ -9,6 +9,8 @@ client's delayed ACK arrives.
 
 import argparse
 import json
+import socket
+import ssl
 import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -97,29 +99,55 @@ class DoubleHandler(BaseHTTPRequestHandler):
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
 
+# Loopback addresses a double may bind to; nothing else is ever served.
+LOOPBACK_HOSTS = ("127.0.0.1", "::1")
+
+
 def add_listen_arguments(parser: argparse.ArgumentParser):
     parser.add_argument(
         "--port",
         type=int,
         default=0,
-        help="TCP port on 127.0.0.1 (default 0: the kernel picks a free port)",
+        help="TCP port on the loopback address (default 0: the kernel picks a free port)",
     )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        choices=LOOPBACK_HOSTS,
+        help="loopback address to bind to (default 127.0.0.1)",
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate chain; serves HTTPS when set")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
 
-def serve(handler_class, port, announce_name, configure=None):
-    """Binds to 127.0.0.1:port, prints the URL on stdout, then serves forever.
+class ThreadingHTTPServerV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
-    The first stdout line, `listening on http://127.0.0.1:PORT`, is the
-    readiness signal: the socket already accepts connections when it is printed.
+
+def serve(handler_class, port, announce_name, configure=None, host="127.0.0.1", tls_cert=None, tls_key=None):
+    """Binds to host:port, prints the URL on stdout, then serves forever.
+
+    The first stdout line, `listening on http://127.0.0.1:PORT` (https and
+    `[::1]` as configured), is the readiness signal: the socket already accepts
+    connections when it is printed.
     """
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler_class)
+    if host not in LOOPBACK_HOSTS:
+        raise SystemExit(f"{announce_name}: refusing to bind to {host}; only loopback addresses are allowed")
+    server_class = ThreadingHTTPServerV6 if ":" in host else ThreadingHTTPServer
+    server = server_class((host, port), handler_class)
     server.daemon_threads = True
+    if tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_cert, tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.url_scheme = "https"
     if configure is not None:
         configure(server)
     scheme = getattr(server, "url_scheme", "http")
-    host, bound_port = server.server_address[:2]
-    print(f"listening on {scheme}://{host}:{bound_port}", flush=True)
-    sys.stderr.write(f"{announce_name}: listening on {scheme}://{host}:{bound_port}\n")
+    bound_host, bound_port = server.server_address[:2]
+    shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"listening on {scheme}://{shown_host}:{bound_port}", flush=True)
+    sys.stderr.write(f"{announce_name}: listening on {scheme}://{shown_host}:{bound_port}\n")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ use serde::Deserialize;
 /// Default time between two version checks of a secret.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// Default cap on store requests per minute, over all secrets.
-pub const DEFAULT_MAX_REQUESTS_PER_MINUTE: u32 = 120;
+pub const DEFAULT_MAX_REQUESTS_PER_MINUTE: u32 = 600;
 
 /// Validated `[watch]` settings.
 #[derive(Clone, Debug)]

@@ -50,7 +50,7 @@ pub struct WatchOptions {
 
 /// Why the loop woke up.
 enum Wake {
-    Checked,
+    Due,
     Terminate(&'static str),
     Reload,
     TokenFileChanged,
@@ -154,7 +154,7 @@ impl Watcher {
 
         loop {
             let wake = tokio::select! {
-                () = self.check_next() => Wake::Checked,
+                () = self.wait_for_due() => Wake::Due,
                 _ = terminate.recv() => Wake::Terminate("SIGTERM"),
                 _ = interrupt.recv() => Wake::Terminate("SIGINT"),
                 _ = hangup.recv() => Wake::Reload,
@@ -164,14 +164,14 @@ impl Watcher {
                 }
             };
             match wake {
-                Wake::Checked => {}
-                Wake::Terminate(why) => {
-                    tracing::info!(
-                        signal = why,
-                        "stopping: received {why}; files stay in place"
-                    );
-                    return Ok(());
-                }
+                // Only a stop request interrupts a check; a check never stops inside a
+                // file write, because writes do not await.
+                Wake::Due => tokio::select! {
+                    () = self.check_due() => {}
+                    _ = terminate.recv() => return Ok(stopping("SIGTERM")),
+                    _ = interrupt.recv() => return Ok(stopping("SIGINT")),
+                },
+                Wake::Terminate(why) => return Ok(stopping(why)),
                 Wake::MainExited => {
                     tracing::info!("stopping: the main container's process exited");
                     return Ok(());
@@ -182,18 +182,24 @@ impl Watcher {
         }
     }
 
-    /// Sleeps until the earliest due secret, then checks it.
-    async fn check_next(&mut self) {
-        let Some((name, due)) = self
+    /// Sleeps until the earliest secret is due.
+    async fn wait_for_due(&self) {
+        match self.due.values().min() {
+            Some(due) => tokio::time::sleep_until(*due).await,
+            None => std::future::pending::<()>().await,
+        }
+    }
+
+    /// Checks the secret that is due first.
+    async fn check_due(&mut self) {
+        let Some(name) = self
             .due
             .iter()
             .min_by_key(|(_, due)| **due)
-            .map(|(name, due)| (name.clone(), *due))
+            .map(|(name, _)| name.clone())
         else {
-            std::future::pending::<()>().await;
             return;
         };
-        tokio::time::sleep_until(due).await;
         let Some(secret) = self
             .config
             .secrets
@@ -498,14 +504,14 @@ impl Watcher {
 
     /// Checks failing secrets now, because a replaced token file may fix their login.
     fn expedite_failing(&mut self) {
+        if self.failures.is_empty() {
+            return;
+        }
         let now = Instant::now();
         for name in self.failures.keys() {
             self.due.insert(name.clone(), now);
         }
-        tracing::info!(
-            failing = self.failures.len(),
-            "a token file was replaced; the next login reads it"
-        );
+        tracing::info!(failing = self.failures.len(), "a token file changed; checking the failing secrets now");
     }
 }
 
@@ -562,6 +568,10 @@ fn main_exited(exit_when: Option<&ExitWhen>) -> bool {
             }
         }
     }
+}
+
+fn stopping(signal: &str) {
+    tracing::info!(signal, "stopping: received {signal}; files stay in place");
 }
 
 fn signal_error(error: std::io::Error) -> RunError {

@@ -2,6 +2,7 @@
 //! directory link, so a failing login is retried as soon as a new token lands.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use backends::vault::VaultAuth;
@@ -25,13 +26,32 @@ pub fn watch_token_files(
     mpsc::UnboundedReceiver<()>,
 ) {
     let (sender, receiver) = mpsc::unbounded_channel();
-    let directories = token_directories(config);
+    let files = token_files(config);
+    let directories: BTreeSet<PathBuf> = files
+        .iter()
+        .filter_map(|file| file.parent().map(PathBuf::from))
+        .filter(|directory| directory.is_dir())
+        .collect();
     if directories.is_empty() {
         return (None, receiver);
     }
 
+    // The kubelet swaps a `..data` link to publish a new token, so an event on that
+    // link counts as well as one on a token file itself.
+    let mut names: BTreeSet<OsString> = files
+        .iter()
+        .filter_map(|file| file.file_name().map(OsString::from))
+        .collect();
+    names.insert(OsString::from("..data"));
     let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|event| !event.kind.is_access()) {
+        let Ok(event) = event else {
+            return;
+        };
+        let names_a_token = event
+            .paths
+            .iter()
+            .any(|path| path.file_name().is_some_and(|name| names.contains(name)));
+        if names_a_token && !event.kind.is_access() {
             let _ = sender.send(());
         }
     };
@@ -53,7 +73,7 @@ pub fn watch_token_files(
     (Some(watcher), receiver)
 }
 
-fn token_directories(config: &Config) -> BTreeSet<PathBuf> {
+fn token_files(config: &Config) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = config
         .stores
         .values()
@@ -72,8 +92,4 @@ fn token_directories(config: &Config) -> BTreeSet<PathBuf> {
             .map(PathBuf::from),
     );
     files
-        .iter()
-        .filter_map(|file| file.parent().map(PathBuf::from))
-        .filter(|directory| directory.is_dir())
-        .collect()
 }
