@@ -103,6 +103,9 @@ client against them in the same run, and overwrites this page. Every figure belo
 comes from that one run on the machine described under Machine and tools. Rerun
 `bench/run` to measure another build or machine.
 
+The sidecar mode (`watch`) next to OpenBao Agent in sidecar mode has its own page,
+[benchmarks-watch.md](benchmarks-watch.md), which `bench/watch` writes.
+
 ## Summary
 
 Targets for `portainer-key-agent fetch` against OpenBao Agent, both logging in with

@@ -23,7 +23,7 @@ pub const PREVIOUS_SUFFIX: &str = "_previous";
 /// One version of a secret to try, in order of preference.
 #[derive(Clone, Debug)]
 pub struct Candidate {
-    /// Which version this is, for logs: "current", "pending" or "previous".
+    /// Version label for logs: "current", "pending" or "previous".
     pub label: &'static str,
     pub secret: SecretSpec,
 }
@@ -68,7 +68,7 @@ pub fn candidates(store: &StoreKind, secret: &SecretSpec) -> Vec<Candidate> {
     list
 }
 
-/// What the data directory holds.
+/// Database files found in a data directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Database {
     Encrypted(PathBuf),

@@ -92,7 +92,7 @@ impl RotateKeyError {
 /// The store of the key, with the calls rotation needs.
 enum RotationStore {
     Aws(AwsBackend),
-    Vault(VaultBackend),
+    Vault(Box<VaultBackend>),
 }
 
 /// A key in its stored form and as key-file bytes.
@@ -147,7 +147,7 @@ pub async fn run(config: &Config, options: &RotateKeyOptions) -> Result<(), Rota
     Ok(())
 }
 
-/// Fails while Portainer holds the database, before anything is stored.
+/// Fails while Portainer has the database open, before anything is stored.
 fn ensure_portainer_stopped(database: &Path, current: &KeyVersion) -> Result<(), RotateKeyError> {
     match crate::db::verify(database, current.file_bytes.expose()) {
         Ok(_) => Ok(()),
@@ -198,7 +198,7 @@ fn rotation_store(kind: &StoreKind, secret: &SecretSpec) -> Result<RotationStore
             secret.name
         ))),
         StoreKind::Vault(settings) => VaultBackend::new(settings.clone())
-            .map(RotationStore::Vault)
+            .map(|vault| RotationStore::Vault(Box::new(vault)))
             .map_err(store_error),
         StoreKind::File => Err(RotateKeyError::Config(
             "a file store cannot hold versions; rotate with db rotate and replace the file yourself".to_owned(),
@@ -472,7 +472,7 @@ fn describe_outcome(outcome: &FileOutcome) -> String {
     }
 }
 
-/// Makes the new key current and returns the store version that now holds it.
+/// Makes the new key current and returns the store version that contains it.
 async fn promote(
     store: &RotationStore,
     secret: &SecretSpec,

@@ -10,8 +10,8 @@
 //! `azure_security_keyvault_secrets` crates (1.1.0-beta.1 checked). Their
 //! `WorkloadIdentityCredential` caches the token file's contents for 600 s after
 //! each read, whatever the token's own expiry, so an exchange can send a token
-//! that has already expired, and the crates add about 270 crates to the build. The
-//! client below also sends every request through the shared [`Transport`].
+//! that has already expired. The client below re-reads the file at every exchange
+//! and sends every request through the shared [`Transport`].
 
 use std::path::PathBuf;
 
@@ -64,7 +64,7 @@ impl AzureCloud {
         }
     }
 
-    /// The Entra ID authority host of this cloud.
+    /// Returns the Entra ID authority host of this cloud.
     pub fn authority_host(self) -> &'static str {
         match self {
             AzureCloud::Public => "https://login.microsoftonline.com",
@@ -73,7 +73,7 @@ impl AzureCloud {
         }
     }
 
-    /// The DNS suffix of vault hosts in this cloud, without the leading dot.
+    /// Returns the DNS suffix of vault hosts in this cloud, without the leading dot.
     pub fn vault_suffix(self) -> &'static str {
         match self {
             AzureCloud::Public => "vault.azure.net",
@@ -516,7 +516,8 @@ pub fn check_secret_name(store: &str, name: &str) -> Result<(), BackendError> {
     })
 }
 
-/// Checks a Key Vault version id: letters and digits (Key Vault issues 32 hex digits).
+/// Checks a Key Vault version id: 1 to 64 letters and digits. Key Vault issues
+/// ids of 32 hex digits.
 pub fn check_version(store: &str, path: &str, version: &str) -> Result<(), BackendError> {
     let valid = !version.is_empty()
         && version.len() <= 64

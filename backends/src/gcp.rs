@@ -1,19 +1,20 @@
 //! GCP Secret Manager with workload identity federation.
 //!
 //! Credentials come from an `external_account` credential configuration, as
-//! `gcloud iam workload-identity-pools create-cred-config` writes it: the subject
+//! `gcloud iam workload-identity-pools create-cred-config` writes it. The subject
 //! token (a projected service-account JWT) is read from `credential_source.file`
-//! at every exchange, traded at Google STS for a federated access token, and,
-//! when `service_account_impersonation_url` is set, traded again at IAM
+//! at every exchange and traded at Google STS for a federated access token. When
+//! `service_account_impersonation_url` is set, that token is traded again at IAM
 //! Credentials (`generateAccessToken`) for a service account's token. The GCE
 //! metadata server is used only when no credential configuration is set and the
 //! settings allow it.
 //!
 //! This is a thin reqwest client rather than the official `google-cloud-auth` and
 //! `google-cloud-secretmanager-v1` crates (1.19.0 and 1.14.0 checked). Those build
-//! their own reqwest clients: the Secret Manager client takes neither an extra CA
-//! bundle nor timeouts, and the STS exchange builds a new client without timeouts
-//! on every call, so the stores could not share one transport policy.
+//! their own reqwest clients: the Secret Manager client offers no way to add a CA
+//! bundle or to set a proxy other than the environment's, and the STS exchange
+//! builds a new client without timeouts on every call, so the stores could not
+//! share one transport policy.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,10 +56,11 @@ const FILE_SUBJECT_TOKEN_TYPES: &[&str] = &[
     "urn:ietf:params:aws:token-type:aws4_request",
     "urn:ietf:params:oauth:token-type:saml2",
 ];
-/// Lifetime requested for impersonated tokens, Google's default.
+/// Lifetime requested for impersonated tokens: one hour, the longest that
+/// `generateAccessToken` grants without an organization policy exception.
 const IMPERSONATION_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// Where the access token comes from.
+/// Source of the access token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GcpCredentials {
     /// An `external_account` credential configuration file.
@@ -120,7 +122,7 @@ struct ImpersonationOptions {
 #[derive(Clone, Debug)]
 enum TokenSource {
     Federated {
-        account: ExternalAccount,
+        account: Box<ExternalAccount>,
         token_file: PathBuf,
         sts_url: Url,
         impersonation_url: Option<Url>,
@@ -281,8 +283,7 @@ impl GcpBackend {
                 )));
             }
             Some(_) => {}
-            // NOTE: Secret Manager states the checksum on every version it returns;
-            // a reply without one is accepted, as the Google client libraries do.
+            // NOTE: a reply without `dataCrc32c` is accepted without a check.
             None => {
                 tracing::debug!(store = %self.label, version = %version, "the reply has no payload checksum")
             }
@@ -711,7 +712,7 @@ fn token_source(store: &str, settings: &GcpSettings) -> Result<TokenSource, Back
         .map_or(IMPERSONATION_LIFETIME, Duration::from_secs);
 
     Ok(TokenSource::Federated {
-        account,
+        account: Box::new(account),
         token_file,
         sts_url,
         impersonation_url,

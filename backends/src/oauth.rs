@@ -13,7 +13,7 @@ use crate::{BackendError, SecretBytes};
 /// Largest reply body accepted from a token endpoint or a secret store.
 pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Longest time before its expiry that a cached access token is replaced.
+/// Maximum time before its expiry at which a cached access token is replaced.
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
 /// An access token and the instant after which it is not used any more.

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import sajwt
+import testca
 
 DOUBLES = Path(__file__).resolve().parent
 START_TIMEOUT_SECONDS = 30
@@ -69,9 +70,24 @@ class Process:
 def start_double(script, *arguments):
     return Process(
         [sys.executable, str(DOUBLES / script), "--port", "0", *arguments],
-        r"^listening on (http://127\.0\.0\.1:\d+)",
+        r"^listening on (https?://(?:127\.0\.0\.1|\[::1\]):\d+)",
         "stdout",
     )
+
+
+@pytest.fixture
+def test_ca(tmp_path, monkeypatch):
+    """Creates a private CA and a server certificate, and makes requests trust the CA."""
+    paths = testca.create(tmp_path / "ca")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(paths["ca"]))
+    return paths
+
+
+def write_state(path, state):
+    """Replaces a double's state file atomically; the double reads it on every request."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(state))
+    temporary.replace(path)
 
 
 @pytest.fixture

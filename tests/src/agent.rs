@@ -16,10 +16,12 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 ///
 /// The child starts from an empty environment. The harness always adds
 /// `AWS_EC2_METADATA_DISABLED=true`, so no credential chain probes the instance
-/// metadata address, sends AWS calls without an endpoint to a closed loopback port,
-/// and points `AWS_CONFIG_FILE` and
-/// `AWS_SHARED_CREDENTIALS_FILE` at a missing file, so a developer's profile
-/// never leaks in. A test may override any of them with [`Agent::env`].
+/// metadata address. It sends AWS calls without an endpoint, Entra ID calls and GCE
+/// metadata calls to a closed loopback port. Every request to a host other than
+/// 127.0.0.1, ::1 or localhost goes through a proxy on a closed loopback port, so it
+/// fails. `AWS_CONFIG_FILE` and `AWS_SHARED_CREDENTIALS_FILE` point at a missing
+/// file, so a developer's profile never leaks in. A test may override any of them
+/// with [`Agent::env`].
 #[derive(Debug)]
 pub struct Agent {
     args: Vec<OsString>,
@@ -62,6 +64,16 @@ impl Agent {
                 "AWS_SHARED_CREDENTIALS_FILE".into(),
                 "/nonexistent/aws-credentials".into(),
             ),
+            // Entra ID and the GCE metadata server default to cloud addresses; both
+            // point at a closed loopback port unless a test names a double.
+            ("AZURE_AUTHORITY_HOST".into(), "https://127.0.0.1:9".into()),
+            ("GCE_METADATA_HOST".into(), "127.0.0.1:9".into()),
+            // Every other request that would leave the loopback address (a default
+            // endpoint such as secretmanager.googleapis.com) goes to a proxy on a
+            // closed loopback port and fails, without a DNS lookup.
+            ("HTTPS_PROXY".into(), "http://127.0.0.1:9".into()),
+            ("HTTP_PROXY".into(), "http://127.0.0.1:9".into()),
+            ("NO_PROXY".into(), "127.0.0.1,::1,localhost".into()),
         ];
         Self {
             args: args

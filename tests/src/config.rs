@@ -29,6 +29,31 @@ pub fn aws_store(name: &str, endpoint_url: &str) -> String {
     )
 }
 
+/// Builds a `[stores.NAME]` table for Azure Key Vault at `url` (the Entra ID and Key
+/// Vault double), with the federated token read from `token_file`, with further
+/// `key = value` lines from `extra`.
+pub fn azure_store(name: &str, url: &str, token_file: &Path, extra: &str) -> String {
+    format!(
+        "[stores.{name}]\ntype = \"azure\"\nvault_url = \"{url}\"\nauthority_host = \"{url}\"\n\
+         tenant_id = \"{}\"\nclient_id = \"{}\"\ntoken_file = \"{}\"\n\
+         connect_timeout_seconds = 2\nrequest_timeout_seconds = 5\n{extra}\n",
+        crate::EntraKeyVault::TENANT,
+        crate::EntraKeyVault::CLIENT,
+        token_file.display()
+    )
+}
+
+/// Builds a `[stores.NAME]` table for GCP Secret Manager at `url`, with the
+/// credential configuration `credentials_file` and further lines from `extra`.
+pub fn gcp_store(name: &str, url: &str, credentials_file: &Path, extra: &str) -> String {
+    format!(
+        "[stores.{name}]\ntype = \"gcp\"\nproject = \"{}\"\nendpoint_url = \"{url}\"\n\
+         credentials_file = \"{}\"\nconnect_timeout_seconds = 2\nrequest_timeout_seconds = 5\n{extra}\n",
+        crate::GoogleSecretManager::PROJECT_ID,
+        credentials_file.display()
+    )
+}
+
 /// Builds a `[[secrets]]` entry, with further `key = value` lines from `extra`.
 pub fn secret(
     name: &str,

@@ -214,7 +214,7 @@ fn pod_identity_jwt() -> String {
     )
 }
 
-fn python_double(script: &str) -> Command {
+pub(crate) fn python_double(script: &str) -> Command {
     let mut command = Command::new(paths::venv_python());
     command
         .env_clear()
@@ -225,7 +225,7 @@ fn python_double(script: &str) -> Command {
     command
 }
 
-fn start_double(name: &str, command: Command) -> (ServerProcess, String) {
+pub(crate) fn start_double(name: &str, command: Command) -> (ServerProcess, String) {
     let mut process = ServerProcess::spawn(name, command);
     let url = process.wait_for_line(START_TIMEOUT, |line| {
         line.strip_prefix("listening on ").map(str::to_owned)

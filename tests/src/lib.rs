@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod checks;
+pub mod cloud;
 pub mod config;
 pub mod doubles;
 pub mod fs;
@@ -20,6 +21,7 @@ pub mod process;
 
 pub use agent::{Agent, AgentOutput, write_config};
 pub use checks::{Expected, assert_absent, assert_file, assert_log_free_of};
+pub use cloud::{ConnectProxy, EntraKeyVault, GoogleSecretManager, TestCa, TlsFront};
 pub use doubles::{PodIdentity, ServiceAccount, TokenReview};
 pub use fs::{DiskDir, FileFacts, Tmpfs};
 pub use moto::Moto;

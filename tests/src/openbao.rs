@@ -146,6 +146,15 @@ impl OpenBao {
         tokens
     }
 
+    /// Parses every entry of the audit log so far: one JSON object per request
+    /// and one per response, with request data in plain text (`log_raw`).
+    pub fn audit_entries(&self) -> Vec<Value> {
+        let log = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
     /// Server log, for failure messages.
     pub fn output(&self) -> String {
         self.process.output()

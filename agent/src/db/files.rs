@@ -2,7 +2,7 @@
 //! fsync it, and rename it into place, then fsync the directory.
 
 use std::fs::{self, File, Metadata, OpenOptions, Permissions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -107,10 +107,21 @@ impl StagedFile {
 
     /// Reads the file back from disk (the page cache, in practice).
     pub(crate) fn read_back(&self) -> Result<Vec<u8>, DbError> {
-        fs::read(&self.path).map_err(|source| DbError::Read {
-            path: self.path.clone(),
-            source,
-        })
+        let mut data = Vec::new();
+        self.read_back_into(&mut data)?;
+        Ok(data)
+    }
+
+    /// Reads the file back into `buffer`, reusing its allocation.
+    pub(crate) fn read_back_into(&self, buffer: &mut Vec<u8>) -> Result<(), DbError> {
+        buffer.clear();
+        File::open(&self.path)
+            .and_then(|mut file| file.read_to_end(buffer))
+            .map(|_| ())
+            .map_err(|source| DbError::Read {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// Renames the file over `target` and fsyncs the directory.

@@ -88,13 +88,10 @@ pub fn reset_admin_password(
         clear_stale_data(&mut data, &layout);
         data
     } else {
-        let image =
-            rebuild(&data, &layout, &value, &stored).map_err(|source| DbError::Unwritable {
-                path: path.clone(),
-                source,
-            })?;
-        drop(data);
-        image
+        rebuild(&data, &layout, &value, &stored).map_err(|source| DbError::Unwritable {
+            path: path.clone(),
+            source,
+        })?
     };
 
     let mut staged = StagedFile::create(temp, &file.metadata()?)?;

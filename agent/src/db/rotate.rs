@@ -202,10 +202,13 @@ fn rotate_file(
 
     let mut staged = StagedFile::create(temp, &file.metadata()?)?;
     staged.write_and_sync(&data)?;
-    drop(data);
     step(RotateStep::CopyWritten);
 
-    check_copy(&staged, keys, counts.encrypted)?;
+    // The copy is read back from the file, into the same buffer to spare a
+    // second allocation of the file's size.
+    staged.read_back_into(&mut data)?;
+    check_copy(staged.path(), &data, keys, counts.encrypted)?;
+    drop(data);
     step(RotateStep::CopyVerified);
 
     if let Some(backup) = backup {
@@ -237,13 +240,12 @@ fn classify_failure(path: &Path, original: &[u8], keys: &KeyPair) -> Result<File
     })
 }
 
-fn check_copy(staged: &StagedFile, keys: &KeyPair, expected: u64) -> Result<(), DbError> {
-    let written = staged.read_back()?;
+fn check_copy(path: &Path, written: &[u8], keys: &KeyPair, expected: u64) -> Result<(), DbError> {
     let failed = |reason| DbError::CopyVerificationFailed {
-        path: staged.path().to_path_buf(),
+        path: path.to_path_buf(),
         reason,
     };
-    let report = verify_bytes(staged.path(), &written, &keys.new)
+    let report = verify_bytes(path, written, &keys.new)
         .map_err(|_| failed("values do not authenticate with the new key"))?;
     if report.encrypted_values != expected {
         return Err(failed("the number of encrypted values changed"));

@@ -33,6 +33,10 @@ use audit::{Audit, Event};
 use limited::{Limited, RateLimiter};
 use state::{SecretStatus, State};
 
+/// Shortest time one check may take before it counts as failed, whatever the
+/// interval: enough for a login, a version call and a read on a slow network.
+const MIN_CHECK_TIME: Duration = Duration::from_secs(5);
+
 /// How the sidecar learns that the main container has exited.
 #[derive(Clone, Debug)]
 pub enum ExitWhen {
@@ -168,10 +172,10 @@ impl Watcher {
                 // file write, because writes do not await.
                 Wake::Due => tokio::select! {
                     () = self.check_due() => {}
-                    _ = terminate.recv() => return Ok(stopping("SIGTERM")),
-                    _ = interrupt.recv() => return Ok(stopping("SIGINT")),
+                    _ = terminate.recv() => return stopping("SIGTERM"),
+                    _ = interrupt.recv() => return stopping("SIGINT"),
                 },
-                Wake::Terminate(why) => return Ok(stopping(why)),
+                Wake::Terminate(why) => return stopping(why),
                 Wake::MainExited => {
                     tracing::info!("stopping: the main container's process exited");
                     return Ok(());
@@ -228,12 +232,26 @@ impl Watcher {
         base + spread
     }
 
+    /// Returns the time one check may take, retries included: the secret's
+    /// interval, but at least `MIN_CHECK_TIME` so that a slow login can finish,
+    /// and at most `deadline_seconds`. A check never holds up the other secrets,
+    /// or the report of an outage, for longer than that.
+    fn check_budget(&self, secret: &SecretSpec) -> Duration {
+        let interval = secret.interval.unwrap_or(self.config.watch.interval);
+        interval.max(MIN_CHECK_TIME).min(self.config.deadline)
+    }
+
+    /// Returns the backoff between retries of a failing secret: from 1 s (or the
+    /// interval when shorter), doubling up to the interval.
+    fn failure_backoff(&self, secret: &SecretSpec) -> Backoff {
+        let interval = secret.interval.unwrap_or(self.config.watch.interval);
+        Backoff::new(Duration::from_secs(1).min(interval), interval, 2.0).unwrap_or_default()
+    }
+
     fn record_failure(&mut self, secret: &SecretSpec, error: &RunError) -> Duration {
+        let backoff = self.failure_backoff(secret);
         let failures = self.failures.entry(secret.name.clone()).or_insert(0);
         *failures += 1;
-        let interval = secret.interval.unwrap_or(self.config.watch.interval);
-        let backoff =
-            Backoff::new(Duration::from_secs(1).min(interval), interval, 2.0).unwrap_or_default();
         let delay = backoff.delay(*failures - 1, rand::random());
         tracing::warn!(secret = %secret.name, failures = *failures, retry_in_seconds = delay.as_secs_f64(), "check failed; keeping the current file: {error}");
 
@@ -274,17 +292,20 @@ impl Watcher {
             .get(&secret.name)
             .cloned()
             .unwrap_or_default();
-        let deadline = Instant::now() + self.config.deadline;
+        let budget = self.check_budget(secret);
+        let deadline = Instant::now() + budget;
         let store: &dyn SecretBackend = self.stores[&secret.store].as_ref();
 
         if known.written_once && known.rotation_pending.is_none() {
             let request = secret.request();
-            let version =
-                crate::retry::retry(Backoff::default(), deadline, "checking the version", || {
-                    store.resolve_version(&request)
-                })
-                .await
-                .map_err(|error| retry_error(secret, self.config.deadline, error))?;
+            let version = crate::retry::retry(
+                self.failure_backoff(secret),
+                deadline,
+                "checking the version",
+                || store.resolve_version(&request),
+            )
+            .await
+            .map_err(|error| retry_error(secret, budget, error))?;
             if known.version.as_deref() == Some(version.version.as_str()) {
                 self.mark_success(secret, None);
                 return Ok(());
@@ -301,11 +322,12 @@ impl Watcher {
             return Ok(());
         }
 
-        if secret.kind == SecretKind::EncryptionKey && previous.is_some() {
-            if let Some(reason) = self.guard_refuses(secret, &prepared)? {
-                self.mark_pending(secret, &prepared, &reason);
-                return Ok(());
-            }
+        if secret.kind == SecretKind::EncryptionKey
+            && previous.is_some()
+            && let Some(reason) = self.guard_refuses(secret, &prepared)?
+        {
+            self.mark_pending(secret, &prepared, &reason);
+            return Ok(());
         }
         self.deliver(secret, &prepared, previous).await
     }
@@ -358,6 +380,14 @@ impl Watcher {
             Err(error) if error.is_key_mismatch() => Ok(Some(format!(
                 "the new key does not open {}; rotate the database with `portainer-key-agent rotate-key` or `db rotate`",
                 database.display()
+            ))),
+            // A running Portainer holds bbolt's exclusive lock, and it opened the
+            // database with the key in the file now. The database can only be
+            // rotated while Portainer is stopped, so the key waits, and the agent
+            // is not degraded by a Portainer that is simply running.
+            Err(crate::db::DbError::Locked { path }) => Ok(Some(format!(
+                "{} is locked by a running Portainer, which uses the current key; stop Portainer and rotate the database with `portainer-key-agent rotate-key` or `db rotate`",
+                path.display()
             ))),
             Err(error) => Err(RunError::Database {
                 secret: secret.name.clone(),
@@ -511,7 +541,10 @@ impl Watcher {
         for name in self.failures.keys() {
             self.due.insert(name.clone(), now);
         }
-        tracing::info!(failing = self.failures.len(), "a token file changed; checking the failing secrets now");
+        tracing::info!(
+            failing = self.failures.len(),
+            "a token file changed; checking the failing secrets now"
+        );
     }
 }
 
@@ -570,8 +603,9 @@ fn main_exited(exit_when: Option<&ExitWhen>) -> bool {
     }
 }
 
-fn stopping(signal: &str) {
+fn stopping(signal: &str) -> Result<(), RunError> {
     tracing::info!(signal, "stopping: received {signal}; files stay in place");
+    Ok(())
 }
 
 fn signal_error(error: std::io::Error) -> RunError {

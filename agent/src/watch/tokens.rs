@@ -88,7 +88,7 @@ fn token_files(config: &Config) -> Vec<PathBuf> {
     files.extend(
         TOKEN_FILE_VARIABLES
             .iter()
-            .filter_map(|name| std::env::var_os(name))
+            .filter_map(std::env::var_os)
             .map(PathBuf::from),
     );
     files

@@ -152,7 +152,8 @@ pub fn read_nonces(path: &Path) -> Vec<[u8; 12]> {
 
 /// Returns how many of `nonces` occur anywhere in `data`.
 pub fn count_nonces_in(data: &[u8], nonces: &[[u8; 12]]) -> usize {
-    let expected: std::collections::HashSet<&[u8]> = nonces.iter().map(|nonce| &nonce[..]).collect();
+    let expected: std::collections::HashSet<&[u8]> =
+        nonces.iter().map(|nonce| &nonce[..]).collect();
     data.windows(12)
         .filter(|window| expected.contains(window))
         .count()
