@@ -15,7 +15,7 @@ runs=${RUNS:-5}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
 for tool in cargo go hyperfine; do
-    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+    command -v "$tool" >/dev/null || { echo "$tool not found; install it first" >&2; exit 1; }
 done
 
 rm -rf "$work"

@@ -289,11 +289,12 @@ fn rotate_worker() {
     let Ok(dir) = std::env::var(WORKER_DIR) else {
         return;
     };
+    let dir = PathBuf::from(dir);
     let options = RotateOptions {
-        backup: None,
+        backup: Some(dir.with_file_name("worker-backup.edb")),
         on_step: Some(kill_at_step),
     };
-    rotate(Path::new(&dir), OLD_KEY, NEW_KEY, &options).expect("worker rotates");
+    rotate(&dir, OLD_KEY, NEW_KEY, &options).expect("worker rotates");
 }
 
 fn spawn_worker(data_dir: &Path, kill_at: Option<&str>) -> std::process::Child {
@@ -341,14 +342,20 @@ fn assert_recovers(fixture: &Fixture, nonces: &[[u8; 12]]) {
 
 #[test]
 fn rotation_survives_kill_at_every_step() {
-    let steps = [
+    let common = [
         RotateStep::Locked,
         RotateStep::Reencrypted,
         RotateStep::CopyWritten,
         RotateStep::CopyVerified,
         RotateStep::Replaced,
     ];
-    for file in ["portainer.edb", "portainer.edb.bak"] {
+    // Only the database gets the requested backup copy, so only it has
+    // the BackupWritten step.
+    let database_steps = [&common[..], &[RotateStep::BackupWritten]].concat();
+    for (file, steps) in [
+        ("portainer.edb", database_steps),
+        ("portainer.edb.bak", common.to_vec()),
+    ] {
         for step in steps {
             let fixture = Fixture::new();
             let nonces = fixture.make(&["-keys", "300"]);
