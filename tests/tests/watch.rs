@@ -1276,7 +1276,10 @@ fn sigterm_during_activity_exits_cleanly() {
     assert_eq!(status.code(), Some(0), "log:\n{}", agent.log());
     assert!(elapsed <= Duration::from_secs(2), "{elapsed:?}");
     let content = String::from_utf8(std::fs::read(&target).expect("read target")).expect("UTF-8");
-    assert!(written.contains(&content), "the target contains {content:?}");
+    assert!(
+        written.contains(&content),
+        "the target contains {content:?}"
+    );
     assert_eq!(temporaries_in(store.tmpfs.path()), Vec::<String>::new());
 }
 
