@@ -101,6 +101,9 @@ pub enum Command {
         backup: Option<PathBuf>,
     },
 
+    /// Docker Swarm: deliver every secret as a Swarm secret of Portainer's service.
+    Swarm(crate::swarm::SwarmArgs),
+
     /// Offline tools for Portainer's database: verify a key, rotate it, encrypt a
     /// plaintext database, reset the admin password. Portainer must be stopped.
     #[command(after_long_help = EXIT_STATUS_HELP)]
@@ -423,6 +426,9 @@ mod tests {
             Command::Fetch { source, .. } => source.load(),
             Command::Check { source, .. } => source.load(),
             Command::RotateKey { source, .. } | Command::Watch { source, .. } => source.load(),
+            Command::Swarm(crate::swarm::SwarmArgs {
+                command: crate::swarm::SwarmCommand::Sync(sync),
+            }) => sync.source.load(),
             Command::Db(_) => panic!("db takes no store configuration"),
         }
     }

@@ -12,6 +12,7 @@ pub mod hardening;
 pub mod logging;
 pub mod retry;
 pub mod rotation;
+pub mod swarm;
 pub mod value;
 pub mod watch;
 pub mod writer;
@@ -77,6 +78,11 @@ pub fn run(cli: Cli) -> ExitStatus {
                 };
                 finish(result.await, rotation::RotateKeyError::exit_status)
             }
+            Command::Swarm(args) => match args.command {
+                swarm::SwarmCommand::Sync(sync) => {
+                    finish(swarm::run(&sync).await, swarm::SwarmError::exit_status)
+                }
+            },
             Command::Db(_) => unreachable!("db runs before the async runtime starts"),
         }
     })

@@ -313,35 +313,37 @@ def test_helm_values_keep_chart_secrets_off():
     assert values["adminPassword"]["existingSecret"] == ""
 
 
-def test_swarm_stack_mounts_key_at_portainer_path():
+def swarm_stack_config(env):
     if shutil.which("docker") is None:
         pytest.fail("docker not found; the stack file is checked with `docker stack config`")
-    env = {
-        **os.environ,
-        "PORTAINER_KEY_SECRET": "portainer-key-test",
-        "PORTAINER_ADMIN_PASSWORD_SECRET": "portainer-admin-password-test",
-    }
     stack = REPO / "deploy" / "swarm" / "stack.yml"
-    config = yaml.safe_load(run(["docker", "stack", "config", "-c", str(stack)], env=env).stdout)
-    portainer = config["services"]["portainer"]
-    secrets = {secret["source"]: secret for secret in portainer["secrets"]}
-    assert secrets["portainer_key"]["target"] == "portainer"
-    assert secrets["portainer_key"]["mode"] == 0o400
-    assert secrets["portainer_admin_password"]["mode"] == 0o400
+    rendered = run(["docker", "stack", "config", "-c", str(stack)], env=env).stdout
+    return yaml.safe_load(rendered)["services"]["portainer"]
+
+
+def test_swarm_stack_starts_without_replicas_until_synced():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAINER_")}
+
+    portainer = swarm_stack_config(env)
+
+    assert portainer["deploy"]["replicas"] == 0
+    assert "secrets" not in portainer, "swarm sync attaches the secrets; the stack must not"
+
+
+def test_swarm_stack_reads_synced_paths():
+    env = {**os.environ, "PORTAINER_REPLICAS": "1"}
+
+    portainer = swarm_stack_config(env)
+
     command = portainer["command"]
+    if isinstance(command, str):
+        command = command.split()
     flag = command.index("--admin-password-file")
     assert command[flag + 1] == "/run/secrets/portainer-admin-password"
-    assert config["secrets"]["portainer_key"] == {"name": "portainer-key-test", "external": True}
-
-
-def test_swarm_stack_requires_secret_names():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAINER_")}
-    stack = REPO / "deploy" / "swarm" / "stack.yml"
-    result = subprocess.run(
-        ["docker", "stack", "config", "-c", str(stack)], env=env, capture_output=True, text=True
+    assert not any(arg.startswith("--secret-key-name") for arg in command), (
+        "the key is synced to /run/secrets/portainer, Portainer's default name"
     )
-    assert result.returncode != 0
-    assert "PORTAINER_KEY_SECRET" in result.stderr
+    assert portainer["deploy"]["replicas"] == 1
 
 
 def test_iam_policy_grants_read_and_decrypt_only():
