@@ -88,6 +88,23 @@ impl Transport {
     /// Builds a rustls-backed client that applies the CA bundle, the timeouts and
     /// the proxy policy of [`Transport::proxy_policy`].
     pub fn client(&self, store: &str) -> Result<reqwest::Client, BackendError> {
+        self.build_client(store, true)
+    }
+
+    /// Builds a client for a store reached only over plain HTTP: the system CA
+    /// bundle is not loaded unless a proxy is set, which saves its parsing time and
+    /// memory at every start. `ca_cert`, when set, is still loaded.
+    pub fn plain_http_client(&self, store: &str) -> Result<reqwest::Client, BackendError> {
+        let policy = self.proxy_policy(&EnvVars);
+        let proxied = policy.https.is_some() || policy.http.is_some();
+        self.build_client(store, proxied)
+    }
+
+    fn build_client(
+        &self,
+        store: &str,
+        system_roots_needed: bool,
+    ) -> Result<reqwest::Client, BackendError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .timeout(self.request_timeout)
@@ -97,11 +114,15 @@ impl Transport {
             // so a configured no_proxy also applies to proxies from the environment.
             .no_proxy();
 
-        let mut roots = system_roots();
+        let mut roots = if system_roots_needed {
+            system_roots()
+        } else {
+            Vec::new()
+        };
         if let Some(path) = &self.ca_cert {
             roots.extend(read_ca_bundle(store, path)?);
         }
-        if !roots.is_empty() {
+        if !roots.is_empty() || !system_roots_needed {
             builder = builder.tls_certs_only(roots);
         }
         let policy = self.proxy_policy(&EnvVars);

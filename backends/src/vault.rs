@@ -116,7 +116,11 @@ impl VaultBackend {
     /// Creates a client; nothing is sent until the first fetch.
     pub fn new(settings: VaultSettings) -> Result<Self, BackendError> {
         let label = format!("vault {}", settings.address);
-        let client = settings.transport.client(&label)?;
+        let client = if settings.address.scheme() == "http" {
+            settings.transport.plain_http_client(&label)?
+        } else {
+            settings.transport.client(&label)?
+        };
         Ok(Self {
             settings,
             client,

@@ -122,7 +122,11 @@ impl PortainerKey {
         let (plaintext, tag_slot) = rest.split_at_mut(rest.len() - TAG_SIZE);
         let tag = self
             .cipher
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::empty(), plaintext)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::empty(),
+                plaintext,
+            )
             .unwrap_or_else(|_| unreachable!("AES-GCM accepts any plaintext shorter than 64 GiB"));
         tag_slot.copy_from_slice(tag.as_ref());
     }
