@@ -247,6 +247,19 @@ pub struct QuickArgs {
     /// Total time for fetching and writing, in seconds [default: 60].
     #[arg(long, env = "PORTAINER_KEY_AGENT_DEADLINE_SECONDS")]
     pub deadline_seconds: Option<i64>,
+
+    /// watch: seconds between version checks of each secret [default: 60].
+    #[arg(long, env = "PORTAINER_KEY_AGENT_WATCH_INTERVAL_SECONDS")]
+    pub watch_interval_seconds: Option<i64>,
+
+    /// watch: Portainer's data directory, which enables the rotation guard.
+    #[arg(long, env = "PORTAINER_KEY_AGENT_DATA_DIR")]
+    pub watch_data_dir: Option<PathBuf>,
+
+    /// watch: status endpoint address, IP:PORT or unix:/path (/healthz, /readyz,
+    /// /metrics).
+    #[arg(long, env = "PORTAINER_KEY_AGENT_STATUS_LISTEN")]
+    pub status_listen: Option<String>,
 }
 
 const DEFAULT_KEY_TARGET: &str = "/run/secrets/portainer";
@@ -319,7 +332,21 @@ impl QuickArgs {
         }
         let secrets: Vec<toml::Value> = secrets.into_iter().map(toml::Value::Table).collect();
         table.insert("secrets".into(), secrets.into());
+        let watch = self.watch_table();
+        if !watch.is_empty() {
+            table.insert("watch".into(), watch.into());
+        }
         table
+    }
+
+    fn watch_table(&self) -> toml::Table {
+        let mut watch = toml::Table::new();
+        if let Some(seconds) = self.watch_interval_seconds {
+            watch.insert("interval_seconds".into(), seconds.into());
+        }
+        insert_path(&mut watch, "data_dir", self.watch_data_dir.as_deref());
+        insert_some(&mut watch, "status_listen", self.status_listen.as_deref());
+        watch
     }
 
     fn store_table(&self, store: StoreType) -> toml::Table {
@@ -478,6 +505,29 @@ mod tests {
         assert!(joined.contains("address: missing"), "{joined}");
         assert!(joined.contains("role: missing"), "{joined}");
         assert!(joined.contains("path: missing"), "{joined}");
+    }
+
+    #[test]
+    fn watch_flags_build_watch_settings() {
+        let config = parse(&[
+            "portainer-key-agent",
+            "watch",
+            "--store",
+            "file",
+            "--key-path",
+            "/run/in/key",
+            "--watch-data-dir",
+            "/data",
+            "--status-listen",
+            "0.0.0.0:8099",
+            "--watch-interval-seconds",
+            "30",
+        ])
+        .expect("valid flags");
+
+        assert_eq!(config.watch.data_dir, Some(PathBuf::from("/data")));
+        assert_eq!(config.watch.interval.as_secs(), 30);
+        assert!(config.watch.status.is_some());
     }
 
     #[test]

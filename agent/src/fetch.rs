@@ -18,7 +18,7 @@ use crate::config::{Config, SecretKind, SecretSpec, StoreKind, StoreSpec};
 use crate::exit::ExitStatus;
 use crate::retry::{Backoff, RetryError, retry};
 use crate::value::{Prepared, ValueError, prepare};
-use crate::writer::{Placement, WriteError, remove_stale_temporaries};
+use crate::writer::{Placement, Staged, WriteError, remove_stale_temporaries};
 
 /// A failure of `fetch` or `check`, with the status to exit with.
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +181,10 @@ pub async fn run(config: &Config, verify_db: Option<&Path>) -> Result<(), RunErr
     log_start(config, "fetch");
     let stores = build_stores(config)?;
     preflight(config)?;
-    let database = verify_db.and_then(database_to_verify);
+    let database = match verify_db {
+        Some(path) => database_to_verify(path)?,
+        None => None,
+    };
 
     let deadline = Instant::now() + config.deadline;
     let fetching = fetch_all(config, &stores, database.as_deref(), deadline);
@@ -191,8 +194,14 @@ pub async fn run(config: &Config, verify_db: Option<&Path>) -> Result<(), RunErr
             deadline_seconds: config.deadline.as_secs(),
         })??;
 
+    // Every file is staged before the first is replaced, so a target that cannot be
+    // written (a read-only mount, a full tmpfs) leaves every old file in place.
+    let mut staged = Vec::with_capacity(values.len());
     for (secret, prepared) in config.secrets.iter().zip(&values) {
-        write_one(secret, prepared)?;
+        staged.push(stage_one(secret, prepared)?);
+    }
+    for ((secret, prepared), staged) in config.secrets.iter().zip(&values).zip(staged) {
+        commit_one(secret, prepared, staged)?;
     }
     tracing::info!(files = values.len(), "every file written");
     Ok(())
@@ -228,8 +237,25 @@ fn warn_unusual_key_name(secret: &SecretSpec) {
     }
 }
 
-/// Returns the encrypted database in `data_dir` that keys must open, if any.
-fn database_to_verify(data_dir: &Path) -> Option<PathBuf> {
+/// Returns the encrypted database that keys must open, if any: `path` is
+/// Portainer's data directory or the `portainer.edb` file itself.
+fn database_to_verify(path: &Path) -> Result<Option<PathBuf>, RunError> {
+    if path.is_file() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if !path.is_dir() {
+        return Err(RunError::Config(crate::config::ConfigError {
+            source: "--verify-db".to_owned(),
+            problems: vec![format!(
+                "{} does not exist; pass Portainer's data directory (the volume mounted at /data) or its portainer.edb",
+                path.display()
+            )],
+        }));
+    }
+    Ok(database_in(path))
+}
+
+fn database_in(data_dir: &Path) -> Option<PathBuf> {
     match find_database(data_dir) {
         Database::Encrypted(path) => Some(path),
         Database::PlaintextOnly(path) => {
@@ -303,13 +329,20 @@ pub(crate) async fn fetch_one(
     Ok(prepared)
 }
 
-fn write_one(secret: &SecretSpec, prepared: &Prepared) -> Result<(), RunError> {
-    let medium = placement(secret)
-        .write(prepared.bytes.expose())
+fn stage_one(secret: &SecretSpec, prepared: &Prepared) -> Result<Staged, RunError> {
+    placement(secret)
+        .stage(prepared.bytes.expose())
         .map_err(|error| RunError::Write {
             secret: secret.name.clone(),
             error,
-        })?;
+        })
+}
+
+fn commit_one(secret: &SecretSpec, prepared: &Prepared, staged: Staged) -> Result<(), RunError> {
+    let medium = staged.commit().map_err(|error| RunError::Write {
+        secret: secret.name.clone(),
+        error,
+    })?;
     tracing::info!(
         secret = %secret.name,
         kind = secret.kind.name(),

@@ -179,6 +179,9 @@ pub fn check_kind(kind: SecretKind, bytes: &[u8]) -> Result<(), String> {
         SecretKind::EncryptionKey if bytes.is_empty() => Err(
             "the encryption key is empty; Portainer would encrypt with SHA-256 of nothing, a public key. Store a random key (32 bytes or more)".to_owned(),
         ),
+        SecretKind::EncryptionKey if bytes.iter().all(u8::is_ascii_whitespace) => Err(
+            "the encryption key is only whitespace, such as the newline `echo \"\"` leaves; Portainer would encrypt with SHA-256 of it, a guessable key. Store a random key (32 bytes or more)".to_owned(),
+        ),
         SecretKind::EncryptionKey => Ok(()),
         SecretKind::AdminPassword => check_password(bytes),
         SecretKind::Generic if bytes.is_empty() => {
@@ -309,6 +312,14 @@ mod tests {
         let error = check_kind(SecretKind::EncryptionKey, b"").expect_err("empty key");
 
         assert!(error.contains("empty"), "{error}");
+    }
+
+    #[test]
+    fn whitespace_key_is_rejected() {
+        for key in [&b"\n"[..], b"\r", b" \t\r\n"] {
+            let error = check_kind(SecretKind::EncryptionKey, key).expect_err("whitespace key");
+            assert!(error.contains("only whitespace"), "{error}");
+        }
     }
 
     #[test]

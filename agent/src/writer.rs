@@ -84,6 +84,13 @@ impl Placement {
 
     /// Replaces the target with `bytes` atomically.
     pub fn write(&self, bytes: &[u8]) -> Result<Medium, WriteError> {
+        self.stage(bytes)?.commit()
+    }
+
+    /// Writes `bytes` to a synced temporary file beside the target without
+    /// replacing it yet. Dropping the result without [`Staged::commit`] removes
+    /// the temporary file, so several files can be staged before any is replaced.
+    pub fn stage(&self, bytes: &[u8]) -> Result<Staged, WriteError> {
         let (directory, name) = self.parts();
         let dir = open_directory(directory)?;
         let medium = check_medium(&dir, directory, self.allow_disk)?;
@@ -91,17 +98,16 @@ impl Placement {
 
         let temporary = temporary_name(name);
         let file = create_temporary(&dir, &temporary, &self.target)?;
-        let written = self
-            .fill(&file, bytes)
-            .and_then(|()| rename_into_place(&dir, &temporary, name, &self.target));
-        if written.is_err() {
-            let _ = rustix::fs::unlinkat(&dir, &temporary, AtFlags::empty());
-        }
-        written?;
-
-        rustix::fs::fsync(&dir)
-            .map_err(|errno| io_error("fsync the directory", &self.target, errno))?;
-        Ok(medium)
+        let staged = Staged {
+            dir,
+            temporary,
+            name: name.to_owned(),
+            target: self.target.clone(),
+            medium,
+            committed: false,
+        };
+        self.fill(&file, bytes)?;
+        Ok(staged)
     }
 
     /// Sets mode and owner on the descriptor, then writes and syncs the bytes.
@@ -132,6 +138,36 @@ impl Placement {
             }
         }
         rustix::fs::fsync(file).map_err(|errno| io_error("fsync the file", &self.target, errno))
+    }
+}
+
+/// A written and synced temporary file waiting to replace its target.
+#[derive(Debug)]
+pub struct Staged {
+    dir: OwnedFd,
+    temporary: PathBuf,
+    name: std::ffi::OsString,
+    target: PathBuf,
+    medium: Medium,
+    committed: bool,
+}
+
+impl Staged {
+    /// Renames the temporary file over the target and syncs the directory.
+    pub fn commit(mut self) -> Result<Medium, WriteError> {
+        rename_into_place(&self.dir, &self.temporary, &self.name, &self.target)?;
+        self.committed = true;
+        rustix::fs::fsync(&self.dir)
+            .map_err(|errno| io_error("fsync the directory", &self.target, errno))?;
+        Ok(self.medium)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = rustix::fs::unlinkat(&self.dir, &self.temporary, AtFlags::empty());
+        }
     }
 }
 

@@ -425,6 +425,12 @@ fn service_error(
     let store = store.to_owned();
     let path = path.to_owned();
     match code.as_str() {
+        "InvalidRequestException" if message.contains("marked deleted") || message.contains("scheduled for deletion") => BackendError::NotFound {
+            store,
+            path,
+            detail,
+            hint: "the secret is scheduled for deletion; restore it with `aws secretsmanager restore-secret`, or point the agent at another secret".to_owned(),
+        },
         "ResourceNotFoundException" => BackendError::NotFound {
             store,
             path,

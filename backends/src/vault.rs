@@ -670,13 +670,21 @@ fn status_error(
             store,
             path,
             detail,
-            hint: "grant the role's policy read on this path (KV v2: <mount>/data/<path> and <mount>/metadata/<path>; mount detection: sys/internal/ui/mounts/<path>)".to_owned(),
+            hint: "the token may be invalid, expired or revoked, the mount may not exist, or the policy lacks read on this path (KV v2: <mount>/data/<path> and <mount>/metadata/<path>; mount detection: sys/internal/ui/mounts/<path>)".to_owned(),
         },
-        (404, _) => BackendError::NotFound {
-            store,
-            path,
-            detail,
-            hint: "check the mount, the path and the version".to_owned(),
+        (404, _) => match deleted_version(body) {
+            Some(reason) => BackendError::NotFound {
+                store,
+                path,
+                detail: format!("HTTP 404: {reason}"),
+                hint: "undelete the version (bao kv undelete / vault kv undelete), or pin or write another one".to_owned(),
+            },
+            None => BackendError::NotFound {
+                store,
+                path,
+                detail,
+                hint: "check the mount, the path and the version".to_owned(),
+            },
         },
         (412 | 429 | 472 | 473, _) | (500..=599, _) => BackendError::Unavailable { store, detail },
         _ => BackendError::InvalidResponse {
@@ -686,6 +694,24 @@ fn status_error(
             hint: "check the request settings against the Vault server".to_owned(),
         },
     }
+}
+
+/// Explains a KV v2 404 whose body describes a deleted or destroyed version.
+fn deleted_version(body: &SecretBytes) -> Option<String> {
+    let reply: Value = serde_json::from_slice(body.expose()).ok()?;
+    let metadata = reply.pointer("/data/metadata")?;
+    let version = metadata
+        .get("version")
+        .and_then(Value::as_u64)
+        .unwrap_or_default();
+    if metadata.get("destroyed").and_then(Value::as_bool) == Some(true) {
+        return Some(format!("version {version} was destroyed"));
+    }
+    let deleted = metadata
+        .get("deletion_time")
+        .and_then(Value::as_str)
+        .filter(|time| !time.is_empty())?;
+    Some(format!("version {version} was deleted at {deleted}"))
 }
 
 fn parse_mount(store: &str, path: &str, reply: &Value) -> Result<KvMount, BackendError> {

@@ -54,7 +54,7 @@ pub struct Owner {
 }
 
 /// A validated secret.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SecretSpec {
     pub name: String,
     pub kind: SecretKind,
@@ -320,6 +320,8 @@ fn choose_store<'a>(
             found
         }
         None if stores.len() == 1 => stores.values().next(),
+        // Every store is invalid and already reported; naming none here adds nothing.
+        None if stores.is_empty() => None,
         None => {
             problems.push(format!(
                 "{label}.store: missing; with several stores, name one of [{known}]"

@@ -133,6 +133,14 @@ pub enum DbCommandError {
         /// The file.
         path: PathBuf,
     },
+    /// The new password would break logins.
+    #[error("invalid password in {}: {reason}", path.display())]
+    InvalidPassword {
+        /// The password file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// The database operation failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -147,6 +155,7 @@ impl DbCommandError {
         match self {
             DbCommandError::InputNotFound { .. } | DbCommandError::InputUnreadable { .. } => 66,
             DbCommandError::InputTooLarge { .. } => 78,
+            DbCommandError::InvalidPassword { .. } => 65,
             DbCommandError::Db(error) => db_exit_code(error),
             DbCommandError::Output(_) => 74,
         }
@@ -167,7 +176,7 @@ fn db_exit_code(error: &DbError) -> u8 {
         | DbError::AlreadyExists { .. }
         | DbError::CopyVerificationFailed { .. } => 73,
         DbError::Locked { .. } => 75,
-        DbError::InvalidInput { .. } => 78,
+        DbError::InvalidInput { .. } => 65,
     }
 }
 
@@ -209,6 +218,12 @@ pub fn run_with_output(args: DbArgs, out: &mut dyn Write) -> Result<(), DbComman
 fn run_reset(args: ResetAdminPasswordArgs, out: &mut dyn Write) -> Result<(), DbCommandError> {
     let key = args.key_file.as_deref().map(read_input_file).transpose()?;
     let mut password = read_input_file(&args.password_file)?;
+    crate::value::check_kind(crate::config::SecretKind::AdminPassword, &password).map_err(
+        |reason| DbCommandError::InvalidPassword {
+            path: args.password_file.clone(),
+            reason,
+        },
+    )?;
     if password.last() == Some(&b'\n') {
         password.pop();
     }
@@ -427,7 +442,7 @@ mod tests {
         ])
         .expect("parses");
         let error = run_with_output(args, &mut Vec::new()).expect_err("fails");
-        assert_eq!(error.exit_code(), 78);
+        assert_eq!(error.exit_code(), 65);
     }
 
     #[test]

@@ -298,19 +298,18 @@ impl Watcher {
 
         if known.written_once && known.rotation_pending.is_none() {
             let request = secret.request();
-            let version = crate::retry::retry(
-                self.failure_backoff(secret),
-                deadline,
-                "checking the version",
-                || store.resolve_version(&request),
-            )
-            .await
-            .map_err(|error| retry_error(secret, budget, error))?;
+            let what = format!("checking the version of secret {:?}", secret.name);
+            let version =
+                crate::retry::retry(self.failure_backoff(secret), deadline, &what, || {
+                    store.resolve_version(&request)
+                })
+                .await
+                .map_err(|error| retry_error(secret, budget, error))?;
             if known.version.as_deref() == Some(version.version.as_str()) {
                 self.mark_success(secret, None);
                 return Ok(());
             }
-            tracing::info!(secret = %secret.name, from = ?known.version, to = %version.version, "new version in the store");
+            tracing::info!(secret = %secret.name, from = known.version.as_deref().unwrap_or("none"), to = %version.version, "new version in the store");
         }
 
         let previous = std::fs::read(&secret.target).ok().map(SecretBytes::new);
@@ -523,12 +522,35 @@ impl Watcher {
         };
         match limited_stores(&config, &self.limiter, &self.state) {
             Ok(stores) => {
+                self.forget_changed_secrets(&config);
+                if config.watch.status != self.config.watch.status {
+                    tracing::warn!(
+                        "SIGHUP: a changed status_listen takes effect only after a restart"
+                    );
+                }
                 self.stores = stores;
                 self.config = config;
                 self.reset_schedule();
                 tracing::info!(path = %path.display(), "SIGHUP: configuration reloaded");
             }
             Err(error) => tracing::error!("SIGHUP: keeping the running configuration: {error}"),
+        }
+    }
+
+    /// Drops what is known about secrets whose settings changed (a new target, mode
+    /// or path), so the next check delivers them as at start.
+    fn forget_changed_secrets(&mut self, new: &Config) {
+        let mut state = lock(&self.state);
+        for secret in &new.secrets {
+            let old = self
+                .config
+                .secrets
+                .iter()
+                .find(|old| old.name == secret.name);
+            if old.is_some_and(|old| old != secret) {
+                state.secrets.remove(&secret.name);
+                tracing::info!(secret = %secret.name, "SIGHUP: settings changed; delivering again");
+            }
         }
     }
 
