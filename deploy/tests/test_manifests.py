@@ -43,9 +43,10 @@ OVERLAYS = {
     "vault": (KUBERNETES / "overlays" / "vault", CE_KEY, True),
     "aws": (KUBERNETES / "overlays" / "aws", CE_KEY, False),
     "business-edition": (KUBERNETES / "overlays" / "business-edition", BE_KEY, True),
+    "vault-sidecar": (KUBERNETES / "overlays" / "vault-sidecar", CE_KEY, True),
 }
 # Overlays that name a store, so the agent's configuration is complete.
-COMPLETE_OVERLAYS = ["vault", "aws", "business-edition"]
+COMPLETE_OVERLAYS = ["vault", "aws", "business-edition", "vault-sidecar"]
 
 
 def kubectl() -> str:
@@ -344,6 +345,19 @@ def test_swarm_stack_reads_synced_paths():
         "the key is synced to /run/secrets/portainer, Portainer's default name"
     )
     assert portainer["deploy"]["replicas"] == 1
+
+
+def test_sidecar_overlay_watches_with_startup_probe():
+    pod = find(render(KUBERNETES / "overlays" / "vault-sidecar"), "Deployment")["spec"]["template"]["spec"]
+    agent = by_name(pod["initContainers"], "portainer-key-agent")
+
+    assert agent["args"] == ["watch"]
+    assert agent["restartPolicy"] == "Always", "a native sidecar is an init container that restarts"
+    assert agent["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert agent_env(pod)["PORTAINER_KEY_AGENT_DATA_DIR"] == "/data"
+    data = by_name(agent["volumeMounts"], "data")
+    assert data["mountPath"] == "/data"
+    assert data["readOnly"] is True, "the rotation guard only reads the database"
 
 
 def test_iam_policy_grants_read_and_decrypt_only():
