@@ -105,6 +105,7 @@ comes from that one run on the machine described under Machine and tools. Rerun
 
 The sidecar mode (`watch`) next to OpenBao Agent in sidecar mode has its own page,
 [benchmarks-watch.md](benchmarks-watch.md), which `bench/watch` writes.
+Fetch against the Azure Key Vault and GCP Secret Manager test doubles is on [benchmarks-cloud.md](benchmarks-cloud.md), which `bench/cloud` writes.
 
 ## Summary
 
