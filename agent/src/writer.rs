@@ -23,7 +23,7 @@ const RAMFS_MAGIC: i64 = 0x8584_58f6;
 /// Marks temporary names so stale ones can be found and removed.
 const TEMPORARY_MARK: &str = ".pka-";
 
-/// Where and how to write one file.
+/// Target path, permissions and medium rules of one file.
 #[derive(Clone, Debug)]
 pub struct Placement {
     pub target: PathBuf,
@@ -59,7 +59,7 @@ pub enum WriteError {
     },
 }
 
-/// What the pre-flight check found about a target's directory.
+/// Kind of filesystem under a target directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Medium {
     Memory,

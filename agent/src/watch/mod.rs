@@ -37,7 +37,7 @@ use state::{SecretStatus, State};
 /// interval: enough for a login, a version call and a read on a slow network.
 const MIN_CHECK_TIME: Duration = Duration::from_secs(5);
 
-/// How the sidecar learns that the main container has exited.
+/// Signal that the main container has exited.
 #[derive(Clone, Debug)]
 pub enum ExitWhen {
     PidFile(PathBuf),
@@ -52,7 +52,7 @@ pub struct WatchOptions {
     pub exit_when: Option<ExitWhen>,
 }
 
-/// Why the loop woke up.
+/// Reason the event loop woke up.
 enum Wake {
     Due,
     Terminate(&'static str),
