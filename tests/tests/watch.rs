@@ -17,12 +17,12 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use db_support::{make_database, reference_program, write_key};
-use integration_tests::config::{secret, vault_kubernetes_store};
+use integration_tests::config::{aws_store, secret, vault_kubernetes_store};
 use integration_tests::doubles::write_atomically;
 use integration_tests::http::{self, Response};
 use integration_tests::process::{free_port, wait_until};
 use integration_tests::{
-    Agent, AgentOutput, OpenBao, ServiceAccount, Tmpfs, TokenReview, assert_log_free_of,
+    Agent, AgentOutput, Moto, OpenBao, ServiceAccount, Tmpfs, TokenReview, assert_log_free_of,
     write_config,
 };
 use serde_json::{Value, json};
@@ -1519,4 +1519,65 @@ fn soak_keeps_memory_and_fds_flat() {
         "too few renewals"
     );
     assert!(store.logins().len() >= 2, "no new login after max_ttl");
+}
+
+#[test]
+fn aws_new_version_delivered_and_key_kept() {
+    let moto = Moto::start();
+    moto.create_secret_string("portainer/password", "password-one");
+    moto.create_secret_string("portainer/key", "key-one-0123456789abcdef0123");
+    let tmpfs = Tmpfs::mount();
+    let dir = TempDir::new().expect("config directory");
+    let password = tmpfs.join("admin-password");
+    let key = tmpfs.join("portainer");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{}\n{}{}[watch]\ninterval_seconds = 1\n",
+            aws_store("aws", moto.url()),
+            secret(
+                "admin-password",
+                "admin-password",
+                "aws",
+                "portainer/password",
+                &password,
+                ""
+            ),
+            secret(
+                "database-key",
+                "encryption-key",
+                "aws",
+                "portainer/key",
+                &key,
+                ""
+            ),
+        ),
+    );
+    let mut child = Agent::new(["watch", "--config"])
+        .arg(&config)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .spawn();
+
+    wait_for_content(&password, b"password-one", Duration::from_secs(20));
+    wait_for_content(
+        &key,
+        b"key-one-0123456789abcdef0123",
+        Duration::from_secs(5),
+    );
+    moto.put_secret_string("portainer/password", "password-two", &[]);
+    let delay = wait_for_content(&password, b"password-two", Duration::from_secs(5));
+    moto.put_secret_string("portainer/key", "key-two-0123456789abcdef0123", &[]);
+    assert_stays(
+        &key,
+        b"key-one-0123456789abcdef0123",
+        Duration::from_secs(3),
+    );
+
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        delay <= Duration::from_millis(2100),
+        "a new AWSCURRENT version took {delay:?}, more than one interval plus a second"
+    );
 }
