@@ -44,6 +44,8 @@ OVERLAYS = {
     "aws": (KUBERNETES / "overlays" / "aws", CE_KEY, False),
     "business-edition": (KUBERNETES / "overlays" / "business-edition", BE_KEY, True),
     "vault-sidecar": (KUBERNETES / "overlays" / "vault-sidecar", CE_KEY, True),
+    "azure": (KUBERNETES / "overlays" / "azure", CE_KEY, False),
+    "gcp": (KUBERNETES / "overlays" / "gcp", CE_KEY, False),
 }
 # Overlays that name a store, so the agent's configuration is complete.
 COMPLETE_OVERLAYS = ["vault", "aws", "business-edition", "vault-sidecar"]
@@ -213,7 +215,11 @@ def test_overlay_renders_and_validates(name):
     directory, _, _ = OVERLAYS[name]
     documents = render(directory)
     kinds = sorted(d["kind"] for d in documents)
-    assert kinds == ["Deployment", "PersistentVolumeClaim", "Service", "ServiceAccount"]
+    expected = ["Deployment", "PersistentVolumeClaim", "Service", "ServiceAccount"]
+    if name in ("azure", "gcp"):
+        # The agent's configuration file, generated from the overlay's agent.toml.
+        expected = ["ConfigMap", *expected]
+    assert kinds == expected
     validate_schemas(documents)
 
 
@@ -358,6 +364,23 @@ def test_sidecar_overlay_watches_with_startup_probe():
     data = by_name(agent["volumeMounts"], "data")
     assert data["mountPath"] == "/data"
     assert data["readOnly"] is True, "the rotation guard only reads the database"
+
+
+@pytest.mark.parametrize("name", ["azure", "gcp"])
+def test_cloud_overlay_config_passes_check(name, tmp_path):
+    directory = KUBERNETES / "overlays" / name
+    config = (directory / "agent.toml").read_text()
+    if name == "gcp":
+        credentials = tmp_path / "credential-config.json"
+        credentials.write_text((directory / "credential-config.json").read_text())
+        config = config.replace("/etc/portainer-key-agent/credential-config.json", str(credentials))
+    (tmp_path / "agent.toml").write_text(config)
+    env = {"AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000000", "AZURE_TENANT_ID": "tenant",
+           "AZURE_FEDERATED_TOKEN_FILE": str(tmp_path / "token")}
+
+    result = check_agent_accepts({"PORTAINER_KEY_AGENT_CONFIG": str(tmp_path / "agent.toml"), **env})
+
+    assert result.returncode == 0, result.stderr
 
 
 def test_iam_policy_grants_read_and_decrypt_only():
