@@ -49,6 +49,12 @@ pub enum Command {
         /// opens its portainer.edb, trying the current, pending and previous versions.
         #[arg(long, value_name = "DATA_DIR", env = "PORTAINER_KEY_AGENT_VERIFY_DB")]
         verify_db: Option<PathBuf>,
+
+        /// After every file is written, replace the agent with this command, such as
+        /// `-- /portainer --admin-password-file /run/portainer/admin-password`, for an
+        /// image that runs the agent in front of Portainer in the same container.
+        #[arg(last = true, value_name = "COMMAND")]
+        exec: Vec<std::ffi::OsString>,
     },
 
     /// Validate the configuration; with --connect, also read and validate every secret

@@ -43,9 +43,16 @@ pub fn run(cli: Cli) -> ExitStatus {
 
     runtime.block_on(async {
         match command {
-            Command::Fetch { source, verify_db } => {
+            Command::Fetch {
+                source,
+                verify_db,
+                exec,
+            } => {
                 let result = async { fetch::run(&source.load()?, verify_db.as_deref()).await };
-                finish(result.await, fetch::RunError::exit_status)
+                match finish(result.await, fetch::RunError::exit_status) {
+                    ExitStatus::Success if !exec.is_empty() => exec_command(&exec),
+                    status => status,
+                }
             }
             Command::Check { source, connect } => {
                 let result = async { check::run(&source.load()?, connect).await };
@@ -86,6 +93,28 @@ pub fn run(cli: Cli) -> ExitStatus {
             Command::Db(_) => unreachable!("db runs before the async runtime starts"),
         }
     })
+}
+
+/// Replaces the agent with `command`; returns only when that fails. The command
+/// gets the agent's environment without its own `PORTAINER_KEY_AGENT_*` settings.
+fn exec_command(command: &[std::ffi::OsString]) -> ExitStatus {
+    use std::os::unix::process::CommandExt;
+
+    let mut process = std::process::Command::new(&command[0]);
+    process.args(&command[1..]);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PORTAINER_KEY_AGENT_") {
+            process.env_remove(name);
+        }
+    }
+    tracing::info!(program = %command[0].to_string_lossy(), "starting the command after fetch");
+    let error = process.exec();
+    tracing::error!(program = %command[0].to_string_lossy(), %error, "failed to start the command after fetch; check the path and that it is executable");
+    if error.kind() == std::io::ErrorKind::NotFound {
+        ExitStatus::NotFound
+    } else {
+        ExitStatus::Internal
+    }
 }
 
 /// Logs a failure once, as the last line, and returns its exit status.

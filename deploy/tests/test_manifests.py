@@ -383,6 +383,21 @@ def test_cloud_overlay_config_passes_check(name, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_swarm_in_task_stack_keeps_key_on_tmpfs():
+    if shutil.which("docker") is None:
+        pytest.fail("docker not found; the stack file is checked with `docker stack config`")
+    stack = REPO / "deploy" / "swarm" / "stack-in-task.yml"
+    portainer = yaml.safe_load(run(["docker", "stack", "config", "-c", str(stack)]).stdout)["services"]["portainer"]
+
+    mounts = {volume["target"]: volume for volume in portainer["volumes"]}
+    env = portainer["environment"]
+    key_directory = str(Path(env["PORTAINER_KEY_AGENT_KEY_TARGET"]).parent)
+    assert env["PORTAINER_KEY_AGENT_KEY_TARGET"] == "/run/secrets/portainer"
+    assert mounts[key_directory]["type"] == "tmpfs", "the key directory must be RAM-backed"
+    assert mounts["/run/portainer"]["type"] == "tmpfs"
+    assert "portainer" not in [secret["source"] for secret in portainer["secrets"]]
+
+
 def test_iam_policy_grants_read_and_decrypt_only():
     policy = json.loads((KUBERNETES / "overlays" / "aws" / "iam-policy.json").read_text())
     actions = []

@@ -210,3 +210,87 @@ fn reset_password_rejects_bcrypt_hash() {
         "the database changed although the password was rejected"
     );
 }
+
+#[test]
+fn exec_runs_after_files_are_written() {
+    let sources = TempDir::new().expect("sources");
+    let tmpfs = Tmpfs::mount();
+    let key = write_key(sources.path(), "key", b"key-0123456789abcdef0123456789");
+    let target = tmpfs.join("portainer");
+    let copied = sources.path().join("copied");
+    let environment = sources.path().join("environment");
+    let config = write_config(
+        sources.path(),
+        &format!(
+            "{FILE_STORE}{}",
+            secret(
+                "key",
+                "encryption-key",
+                "local",
+                &key.display().to_string(),
+                &target,
+                ""
+            )
+        ),
+    );
+    let script = format!(
+        "cat {} > {} && env > {}",
+        target.display(),
+        copied.display(),
+        environment.display()
+    );
+
+    let output = Agent::fetch(&config)
+        .env("PORTAINER_KEY_AGENT_LOG_LEVEL", "debug")
+        .args_after_separator(&["/bin/sh", "-c", &script])
+        .run();
+
+    output.assert_exit(0);
+    assert_eq!(
+        std::fs::read(&copied).expect("copied key"),
+        b"key-0123456789abcdef0123456789"
+    );
+    let env = std::fs::read_to_string(&environment).expect("environment");
+    assert!(!env.contains("PORTAINER_KEY_AGENT_"), "{env}");
+}
+
+#[test]
+fn exec_skipped_when_fetch_fails() {
+    let sources = TempDir::new().expect("sources");
+    let tmpfs = Tmpfs::mount();
+    let marker = sources.path().join("ran");
+    let config = write_config(
+        sources.path(),
+        &format!(
+            "{FILE_STORE}{}",
+            secret(
+                "key",
+                "encryption-key",
+                "local",
+                "/nonexistent/key",
+                &tmpfs.join("portainer"),
+                ""
+            )
+        ),
+    );
+    let script = format!("touch {}", marker.display());
+
+    let output = Agent::fetch(&config)
+        .args_after_separator(&["/bin/sh", "-c", &script])
+        .run();
+
+    output.assert_exit(66);
+    assert!(!marker.exists(), "the command ran although fetch failed");
+}
+
+trait SeparatorArgs {
+    fn args_after_separator(self, command: &[&str]) -> Self;
+}
+
+impl SeparatorArgs for Agent {
+    fn args_after_separator(self, command: &[&str]) -> Self {
+        command
+            .iter()
+            .fold(self.arg("--"), |agent, arg| agent.arg(arg))
+    }
+}
