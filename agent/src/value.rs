@@ -138,15 +138,7 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
-/// Overwrites every string of a parsed JSON value before it is dropped.
-pub fn wipe_json(value: &mut Value) {
-    match value {
-        Value::String(text) => text.zeroize(),
-        Value::Array(items) => items.iter_mut().for_each(wipe_json),
-        Value::Object(map) => map.values_mut().for_each(wipe_json),
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-}
+pub use backends::wipe_json;
 
 fn decode_base64(encoded: &SecretBytes) -> Result<SecretBytes, String> {
     let mut decoded = Vec::new();

@@ -26,7 +26,7 @@ use crate::oauth::{
     CachedToken, MAX_BODY_BYTES, bearer_header, expires_in, read_token_file, short_message,
     take_secret_string,
 };
-use crate::vault::wipe_json;
+use crate::wipe_json;
 use crate::{
     BackendError, BackendFuture, SecretBackend, SecretBytes, SecretRequest, SecretValue,
     SecretVersion,

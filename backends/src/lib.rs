@@ -19,7 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use error::BackendError;
-pub use value::{SecretBytes, SecretValue};
+pub use value::{SecretBytes, SecretValue, wipe_json};
 
 /// The future returned by [`SecretBackend`] methods.
 pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send + 'a>>;
@@ -48,7 +48,7 @@ impl SecretRequest {
     }
 }
 
-/// What a store returns about a secret without its value.
+/// Version information of a secret, without its value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretVersion {
     /// The concrete version the store resolved, as the store names it.
@@ -58,7 +58,7 @@ pub struct SecretVersion {
 /// A secret store.
 ///
 /// Implementations authenticate on their own (re-reading token files at every login)
-/// and return errors that say whether a retry can help.
+/// and return errors that tell whether a retry can help.
 pub trait SecretBackend: Send + Sync + std::fmt::Debug {
     /// Returns a short label for logs and errors, such as `vault http://127.0.0.1:8200`.
     fn describe(&self) -> String;

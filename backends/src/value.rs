@@ -55,6 +55,18 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
+/// Overwrites every string of a parsed JSON value before it is dropped, because
+/// serde_json's strings are not zeroised.
+pub fn wipe_json(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe_json),
+        Value::Object(map) => map.values_mut().for_each(wipe_json),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
 /// A value read from a store, with the version it came from.
 #[derive(Clone, Debug)]
 pub struct SecretValue {

@@ -13,9 +13,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::Mutex;
 use url::Url;
-use zeroize::Zeroize;
 
 use crate::http::{Transport, send_error};
+use crate::wipe_json;
 use crate::{
     BackendError, BackendFuture, SecretBackend, SecretBytes, SecretRequest, SecretValue,
     SecretVersion,
@@ -27,10 +27,14 @@ pub const DEFAULT_KUBERNETES_TOKEN_PATH: &str =
 /// The mount path of the Kubernetes auth method when none is configured.
 pub const DEFAULT_KUBERNETES_MOUNT: &str = "kubernetes";
 
+/// What to do about a deleted or destroyed KV v2 version.
+const UNDELETE_HINT: &str =
+    "undelete the version (bao kv undelete / vault kv undelete), or pin or write another one";
+
 /// Largest reply body accepted from Vault.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// How the agent proves its identity to Vault.
+/// Login method of the agent at Vault.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VaultAuth {
     /// Kubernetes auth: the service-account JWT is read from `token_path` at every
@@ -87,7 +91,7 @@ impl CachedToken {
         !self.ttl.is_zero() && self.obtained.elapsed() >= self.ttl * 2 / 3
     }
 
-    /// A token this close to expiry is replaced by a new login.
+    /// Tells whether the token is close enough to expiry to need a new login.
     fn is_expiring(&self) -> bool {
         !self.ttl.is_zero()
             && self.obtained.elapsed() + std::time::Duration::from_secs(5) >= self.ttl
@@ -618,16 +622,6 @@ fn parse_json(store: &str, path: &str, body: &SecretBytes) -> Result<Value, Back
     })
 }
 
-/// Overwrites every string in a parsed reply before it is dropped.
-pub(crate) fn wipe_json(value: &mut Value) {
-    match value {
-        Value::String(text) => text.zeroize(),
-        Value::Array(items) => items.iter_mut().for_each(wipe_json),
-        Value::Object(map) => map.values_mut().for_each(wipe_json),
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-}
-
 /// Extracts Vault's error messages, which never contain request secrets.
 fn vault_errors(body: &SecretBytes) -> String {
     let parsed: Option<Value> = serde_json::from_slice(body.expose()).ok();
@@ -677,7 +671,7 @@ fn status_error(
                 store,
                 path,
                 detail: format!("HTTP 404: {reason}"),
-                hint: "undelete the version (bao kv undelete / vault kv undelete), or pin or write another one".to_owned(),
+                hint: UNDELETE_HINT.to_owned(),
             },
             None => BackendError::NotFound {
                 store,
@@ -699,6 +693,11 @@ fn status_error(
 /// Explains a KV v2 404 whose body describes a deleted or destroyed version.
 fn deleted_version(body: &SecretBytes) -> Option<String> {
     let reply: Value = serde_json::from_slice(body.expose()).ok()?;
+    deletion_reason(&reply)
+}
+
+/// Describes a deleted or destroyed version from a KV v2 reply's metadata.
+fn deletion_reason(reply: &Value) -> Option<String> {
     let metadata = reply.pointer("/data/metadata")?;
     let version = metadata
         .get("version")
@@ -789,24 +788,14 @@ fn missing_data(store: &str, path: &str) -> BackendError {
 
 /// Explains a KV v2 reply without data: a deleted or destroyed version.
 fn deleted_or_missing(store: &str, path: &str, reply: &Value) -> BackendError {
-    let deleted = reply
-        .pointer("/data/metadata/deletion_time")
-        .and_then(Value::as_str)
-        .filter(|time| !time.is_empty());
-    let destroyed = reply
-        .pointer("/data/metadata/destroyed")
-        .and_then(Value::as_bool)
-        == Some(true);
-    let detail = match (destroyed, deleted) {
-        (true, _) => "this version was destroyed".to_owned(),
-        (false, Some(time)) => format!("this version was deleted at {time}"),
-        (false, None) => return missing_data(store, path),
+    let Some(detail) = deletion_reason(reply) else {
+        return missing_data(store, path);
     };
     BackendError::NotFound {
         store: store.to_owned(),
         path: path.to_owned(),
         detail,
-        hint: "undelete the version, or pin or write another one".to_owned(),
+        hint: UNDELETE_HINT.to_owned(),
     }
 }
 
