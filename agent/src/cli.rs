@@ -116,7 +116,7 @@ pub enum Command {
     Db(crate::db::cli::DbArgs),
 }
 
-/// Where the configuration comes from: a file, or the flags below.
+/// Source of the configuration: a file, or the flags below.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
     /// TOML configuration file. Excludes the single-store flags.

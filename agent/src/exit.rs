@@ -5,12 +5,12 @@
 
 use backends::BackendError;
 
-/// Why the agent stopped.
+/// Exit status of the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
     /// Every file was written, or the check passed.
     Success = 0,
-    /// A check answered "no", such as a key that does not open the database.
+    /// A check failed, such as a key that does not open the database.
     CheckFailed = 1,
     /// The command line is invalid.
     Usage = 64,

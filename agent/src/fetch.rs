@@ -104,8 +104,8 @@ fn database_status(error: &crate::db::DbError) -> ExitStatus {
     }
 }
 
-/// Time past the deadline after which a run stops even inside a store call; the retry
-/// loop stops at the deadline itself, so this only bounds a call that ignores it.
+/// Time past the deadline after which a run stops even inside a store call. The
+/// retry loop stops at the deadline itself, so this only bounds a call that ignores it.
 pub const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The stores of a configuration, built once.

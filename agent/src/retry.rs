@@ -63,7 +63,7 @@ impl Backoff {
     }
 }
 
-/// Why a retried operation ended without success.
+/// Reason a retried operation ended without success.
 #[derive(Debug)]
 pub enum RetryError {
     /// A permanent error: retrying cannot help.

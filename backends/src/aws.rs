@@ -172,7 +172,7 @@ impl AwsBackend {
     }
 }
 
-/// What a stored AWS version holds.
+/// Payload type of a stored AWS version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AwsPayload {
     /// `SecretString`: the value must be UTF-8.
@@ -269,7 +269,7 @@ impl AwsBackend {
         Ok(stages)
     }
 
-    /// Reads a version and tells whether it is stored as a string or binary.
+    /// Reads a version and returns it with its payload type, string or binary.
     pub async fn get_with_payload(
         &self,
         request: &SecretRequest,

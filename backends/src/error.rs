@@ -32,12 +32,12 @@ pub enum BackendError {
         hint: String,
     },
 
-    /// The store could not be reached or answered with a temporary failure
+    /// The store could not be reached or returned a temporary failure
     /// (connection refused, timeout, 5xx, throttling).
     #[error("{store} is unavailable: {detail}")]
     Unavailable { store: String, detail: String },
 
-    /// The store answered, but not in a form the agent can use.
+    /// The store replied, but not in a form the agent can use.
     #[error("unexpected response from {store} for {path:?}: {detail}; {hint}")]
     InvalidResponse {
         store: String,

@@ -36,7 +36,7 @@ pub struct Config {
 /// Every problem found in a configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
-    /// Where the configuration came from: a file path or "command-line flags".
+    /// Origin of the configuration: a file path or "command-line flags".
     pub source: String,
     pub problems: Vec<String>,
 }

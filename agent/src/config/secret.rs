@@ -28,14 +28,14 @@ impl SecretKind {
     }
 }
 
-/// How the stored value is encoded.
+/// Encoding of the stored value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
     Raw,
     Base64,
 }
 
-/// What happens to a trailing newline before the value is written.
+/// Handling of a trailing newline before the value is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NewlinePolicy {
     /// Write the bytes as stored.

@@ -47,14 +47,14 @@ impl Default for WatchSpec {
     }
 }
 
-/// Where the status endpoint listens.
+/// Address of the status endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StatusListen {
     Tcp(std::net::SocketAddr),
     Unix(PathBuf),
 }
 
-/// Where audit events go.
+/// Destination of audit events.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuditSink {
     Stdout,
@@ -69,7 +69,7 @@ pub struct PortainerApiSpec {
     pub user_id: u64,
 }
 
-/// What a hook does when a secret's content changes.
+/// Action a hook takes when a secret's content changes.
 #[derive(Clone, Debug)]
 pub enum HookAction {
     /// Sends a signal to a process found by pid file or by command name.
@@ -83,7 +83,7 @@ pub enum HookAction {
     Post { url: url::Url },
 }
 
-/// How a hook finds the process to signal.
+/// Process a signal hook targets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessTarget {
     PidFile(PathBuf),

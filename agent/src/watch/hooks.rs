@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::{HookAction, HookSpec, ProcessTarget};
 
-/// What a hook is told about the change.
+/// Description of a change passed to hooks.
 #[derive(Clone, Debug)]
 pub struct Change<'a> {
     pub secret: &'a str,

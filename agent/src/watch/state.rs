@@ -1,4 +1,4 @@
-//! What the sidecar knows about each secret and store, for health and metrics.
+//! Status of each secret and store in the sidecar, for health and metrics.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -38,7 +38,7 @@ pub struct State {
 }
 
 impl State {
-    /// Every file was written at least once and no write is failing.
+    /// Returns true when every file was written at least once and no write is failing.
     pub fn is_ready(&self) -> bool {
         !self.secrets.is_empty()
             && self

@@ -80,7 +80,7 @@ async fn read_request_path(stream: &mut (impl AsyncRead + Unpin)) -> Option<Stri
     }
 }
 
-/// Answers one path from the current state.
+/// Builds the reply for one path from the current state.
 pub fn route(path: &str, state: &State) -> Vec<u8> {
     match path {
         "/healthz" => {
