@@ -104,6 +104,10 @@ fn rotate_default(path: &Path) -> Result<portainer_key_agent::db::RotateReport, 
     rotate(path, OLD_KEY, NEW_KEY, &RotateOptions::default())
 }
 
+/// Options that make a database of several MiB whose overflow values cross
+/// MiB boundaries, where the rotation cuts its work into chunks.
+const MULTI_MIB: [&str; 4] = ["-size-mib", "6", "-large", "120"];
+
 #[test]
 fn rotated_database_passes_bbolt_check() {
     for extra in [
@@ -111,6 +115,13 @@ fn rotated_database_passes_bbolt_check() {
         &["-no-freelist-sync"],
         &["-page-size", "16384"],
         &["-old-version"],
+        &MULTI_MIB[..],
+        &[&MULTI_MIB[..], &["-page-size", "1024"]].concat()[..],
+        &[
+            &MULTI_MIB[..],
+            &["-page-size", "16384", "-no-freelist-sync"],
+        ]
+        .concat()[..],
     ] {
         let fixture = Fixture::new();
         let nonces = fixture.make(extra);
@@ -136,8 +147,31 @@ fn rotated_database_passes_bbolt_check() {
 }
 
 #[test]
+fn multi_mib_fixture_has_values_across_mib_boundaries() {
+    let fixture = Fixture::new();
+    fixture.make(&MULTI_MIB);
+    let data = std::fs::read(fixture.database()).expect("read");
+    let layout = bolt::parse(&data).expect("parses");
+    let crossing = layout
+        .values
+        .iter()
+        .filter(|entry| entry.value.start >> 20 != (entry.value.end - 1) >> 20)
+        .count();
+    assert!(
+        crossing > 0,
+        "no value crosses a MiB boundary in {} bytes",
+        data.len()
+    );
+}
+
+#[test]
 fn rotation_leaves_no_old_ciphertext() {
-    for extra in [&[][..], &["-no-freelist-sync"], &["-page-size", "16384"]] {
+    for extra in [
+        &[][..],
+        &["-no-freelist-sync"],
+        &["-page-size", "16384"],
+        &MULTI_MIB[..],
+    ] {
         let fixture = Fixture::new();
         let nonces = fixture.make(extra);
         rotate_default(&fixture.database()).expect("rotates");

@@ -12,7 +12,7 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// Nonce size in bytes.
 pub const NONCE_SIZE: usize = 12;
@@ -78,18 +78,17 @@ impl PortainerKey {
         Ok(value)
     }
 
-    /// Checks that `stored` authenticates, decrypting into `scratch`, which
-    /// the caller zeroizes. `false` passes.
+    /// Checks that `stored` authenticates, decrypting into `scratch`. `false`
+    /// passes. The plaintext stays in `scratch`, so callers keep it in a
+    /// zeroizing buffer with room for their largest value: a buffer that
+    /// never grows leaves no unwiped copy behind when it is dropped.
     pub(crate) fn authenticates(&self, stored: &[u8], scratch: &mut Vec<u8>) -> bool {
         if stored == PASS_THROUGH_VALUE {
             return true;
         }
         scratch.clear();
         scratch.extend_from_slice(stored);
-        let result = self.open_in_place(scratch).is_ok();
-        // Wipes the bytes just used; the caller wipes the full capacity once.
-        scratch.as_mut_slice().zeroize();
-        result
+        self.open_in_place(scratch).is_ok()
     }
 
     /// Decrypts `value` in place: afterwards `value[12..len - 16]` contains the

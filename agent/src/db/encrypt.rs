@@ -63,7 +63,7 @@ pub fn encrypt(
     let file = LockedFile::open(&source, LockMode::Exclusive)?;
     let temp = temp_path(&target, "encrypt");
     remove_stale(&temp)?;
-    let data = file.read_all()?;
+    let data = file.map()?;
     let layout = parse(&data).map_err(|source_error| DbError::Corrupt {
         path: source.clone(),
         source: source_error,
@@ -78,6 +78,7 @@ pub fn encrypt(
     staged.write_and_sync(&encrypted)?;
     drop(encrypted);
     check_encrypted_copy(&staged, &data, &layout, &key)?;
+    drop(data);
     staged.create_as(&target)?;
     tracing::info!(source = %source.display(), target = %target.display(), "encrypted database");
 
@@ -131,7 +132,7 @@ fn check_encrypted_copy(
         path: staged.path().to_path_buf(),
         reason,
     };
-    let written = staged.read_back()?;
+    let written = staged.map()?;
     let copy = parse(&written).map_err(|_| failed("the copy is not a valid BoltDB file"))?;
     if copy.buckets.len() != layout.buckets.len() || copy.values.len() != layout.values.len() {
         return Err(failed("bucket or value counts differ"));

@@ -2,11 +2,12 @@
 //! fsync it, and rename it into place, then fsync the directory.
 
 use std::fs::{self, File, Metadata, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::DbError;
+use super::mapped::Mapped;
 
 /// Name of the temporary copy of `target` for one operation, e.g.
 /// `portainer.edb.rotate-tmp`. The fixed name lets the next run find and
@@ -64,6 +65,7 @@ impl StagedFile {
     pub(crate) fn create(path: PathBuf, like: &Metadata) -> Result<StagedFile, DbError> {
         let mode = like.mode() & 0o7777;
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(mode)
@@ -105,23 +107,49 @@ impl StagedFile {
             .map_err(|source| write_error(&self.path, source))
     }
 
-    /// Reads the file back from disk (the page cache, in practice).
-    pub(crate) fn read_back(&self) -> Result<Vec<u8>, DbError> {
-        let mut data = Vec::new();
-        self.read_back_into(&mut data)?;
-        Ok(data)
+    /// Writes `data` at byte `offset` without moving the file position, so
+    /// several threads can fill different parts of the file.
+    pub(crate) fn write_at(&self, data: &[u8], offset: u64) -> Result<(), DbError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        file.write_all_at(data, offset)
+            .map_err(|source| write_error(&self.path, source))
     }
 
-    /// Reads the file back into `buffer`, reusing its allocation.
-    pub(crate) fn read_back_into(&self, buffer: &mut Vec<u8>) -> Result<(), DbError> {
-        buffer.clear();
-        File::open(&self.path)
-            .and_then(|mut file| file.read_to_end(buffer))
-            .map(|_| ())
+    /// Reads `buffer.len()` bytes at byte `offset` back from the file (the
+    /// page cache, in practice).
+    pub(crate) fn read_at(&self, buffer: &mut [u8], offset: u64) -> Result<(), DbError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        file.read_exact_at(buffer, offset)
             .map_err(|source| DbError::Read {
                 path: self.path.clone(),
                 source,
             })
+    }
+
+    /// Fsyncs the file.
+    pub(crate) fn sync(&self) -> Result<(), DbError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        file.sync_all()
+            .map_err(|source| write_error(&self.path, source))
+    }
+
+    /// Maps what was written, read-only, through the handle that wrote it.
+    pub(crate) fn map(&self) -> Result<Mapped<'_>, DbError> {
+        let read_error = |source| DbError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| read_error(io::ErrorKind::NotFound.into()))?;
+        Mapped::new(file).map_err(read_error)
     }
 
     /// Renames the file over `target` and fsyncs the directory.

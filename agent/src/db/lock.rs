@@ -8,6 +8,7 @@ use rustix::fs::{FlockOperation, flock};
 use rustix::io::Errno;
 
 use super::error::DbError;
+use super::mapped::Mapped;
 
 /// Lock mode: bbolt takes an exclusive lock for read-write opens and a shared
 /// one for read-only opens.
@@ -67,6 +68,15 @@ impl LockedFile {
         Ok(LockedFile {
             file,
             path: path.to_path_buf(),
+        })
+    }
+
+    /// Maps the whole file read-only. The map borrows `self`, so the lock is
+    /// held for as long as the map is in use.
+    pub(crate) fn map(&self) -> Result<Mapped<'_>, DbError> {
+        Mapped::new(&self.file).map_err(|source| DbError::Read {
+            path: self.path.clone(),
+            source,
         })
     }
 

@@ -7,15 +7,16 @@
 //! only through a verified copy renamed into place. Keys are passed as the key
 //! file's exact bytes; the AES key is derived from them as Portainer does.
 
-pub mod bolt;
 pub mod cli;
 mod crypto;
 mod encrypt;
 mod error;
 mod files;
 mod lock;
+mod mapped;
 mod parallel;
 mod password;
+mod reencrypt;
 mod rotate;
 mod user_json;
 mod verify;
@@ -28,6 +29,8 @@ pub use crypto::{
 pub use encrypt::{EncryptOptions, EncryptReport, encrypt};
 pub use error::DbError;
 pub use password::{ResetPasswordReport, reset_admin_password};
+/// The BoltDB reader and writer, re-exported so `db::bolt` paths keep working.
+pub use portainer_bolt as bolt;
 pub use rotate::{BackupFileOutcome, FileOutcome, RotateOptions, RotateReport, RotateStep, rotate};
 pub use verify::{BucketSummary, SchemaVersion, VerifyReport, verify};
 

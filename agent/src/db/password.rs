@@ -16,7 +16,7 @@ use super::crypto::PortainerKey;
 use super::error::DbError;
 use super::files::{StagedFile, remove_stale, temp_path};
 use super::lock::{LockMode, LockedFile};
-use super::rotate::clear_stale_data;
+use super::reencrypt::clear_stale_data;
 use super::user_json::set_password;
 use super::verify::verify_bytes;
 use super::{ENCRYPTED_DB_NAME, PLAINTEXT_DB_NAME, resolve_db_path};
@@ -227,7 +227,7 @@ impl UserContext<'_> {
             path: staged.path().to_path_buf(),
             reason,
         };
-        let written = staged.read_back()?;
+        let written = staged.map()?;
         let layout = parse(&written).map_err(|_| failed("the copy is not a valid BoltDB file"))?;
         if layout.values.len() != values {
             return Err(failed("the number of values changed"));

@@ -1,24 +1,22 @@
 //! Re-encrypting every value of a database under a new key.
 //!
-//! Each value keeps its length (`plaintext + 28` bytes), so the rotation
-//! rewrites values in place on an in-memory copy of the file. It then clears
-//! everything the active tree does not reach (free pages, the older meta's
-//! tree, unused bytes inside pages) and rewrites both meta pages to point at
-//! the active tree, so no old-key ciphertext is left in the file. The copy is
-//! written next to the original, fsynced, verified with the new key and
-//! renamed over the original. A process killed at any point leaves either the
-//! old file or the new one; the next run removes the temporary copy.
+//! Each value keeps its length (`plaintext + 28` bytes), so the rotation maps
+//! the original and writes a copy next to it chunk by chunk, with every value
+//! re-encrypted in place and everything the active tree does not reach (free
+//! pages, the older meta's tree, unused bytes inside pages) zeroed. Both meta
+//! pages of the copy point at the active tree, so no old-key ciphertext is
+//! left in it. The copy is fsynced, verified with the new key and renamed over
+//! the original. A process killed at any point leaves either the old file or
+//! the new one; the next run removes the temporary copy.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::thread;
 
-use super::bolt::{Layout, parse, write_meta_page};
-use super::crypto::{AuthenticationFailed, PASS_THROUGH_VALUE, PortainerKey};
+use super::bolt::{Layout, parse};
+use super::crypto::PortainerKey;
 use super::error::DbError;
 use super::files::{StagedFile, parent_dir, remove_stale, temp_path};
 use super::lock::{LockMode, LockedFile};
-use super::parallel::{split_ranges, thread_count};
+use super::reencrypt::{KeyPair, ReencryptError, reencrypt_into};
 use super::verify::verify_bytes;
 use super::{BACKUP_FILE, ENCRYPTED_DB_NAME, resolve_db_path};
 
@@ -28,11 +26,12 @@ use super::{BACKUP_FILE, ENCRYPTED_DB_NAME, resolve_db_path};
 pub enum RotateStep {
     /// The lock is held and leftovers of an earlier run are removed.
     Locked,
-    /// Values are re-encrypted and stale data cleared, in memory.
+    /// The temporary copy holds every value re-encrypted and no stale data.
     Reencrypted,
-    /// The temporary copy is written and fsynced.
+    /// The temporary copy is fsynced.
     CopyWritten,
-    /// The temporary copy opened with the new key.
+    /// The temporary copy parses to the original's tree. Every value in it
+    /// was read back and authenticated with the new key as it was written.
     CopyVerified,
     /// The requested backup of the original is written.
     BackupWritten,
@@ -143,11 +142,6 @@ pub fn rotate(
     })
 }
 
-struct KeyPair {
-    old: PortainerKey,
-    new: PortainerKey,
-}
-
 fn rotate_backup_file(
     path: &Path,
     keys: &KeyPair,
@@ -188,31 +182,36 @@ fn rotate_file(
     remove_stale(&temp)?;
     step(RotateStep::Locked);
 
-    let mut data = file.read_all()?;
-    let layout = parse(&data).map_err(|source| DbError::Corrupt {
+    let source = file.map()?;
+    let layout = parse(&source).map_err(|source| DbError::Corrupt {
         path: path.to_path_buf(),
         source,
     })?;
-    let counts = match reencrypt(&mut data, &layout, keys) {
+    let staged = StagedFile::create(temp, &file.metadata()?)?;
+    let counts = match reencrypt_into(&source, &layout, keys, &staged) {
         Ok(counts) => counts,
-        Err(AuthenticationFailed) => return classify_failure(path, &file.read_all()?, keys),
+        Err(ReencryptError::Io(error)) => return Err(error),
+        Err(ReencryptError::CopyRejected) => {
+            return Err(copy_failed(
+                staged.path(),
+                "a value read back from the copy does not authenticate with the new key",
+            ));
+        }
+        Err(ReencryptError::Authentication) => {
+            drop(staged);
+            return classify_failure(path, &source, keys);
+        }
     };
-    let cleared_bytes = clear_stale_data(&mut data, &layout);
     step(RotateStep::Reencrypted);
 
-    let mut staged = StagedFile::create(temp, &file.metadata()?)?;
-    staged.write_and_sync(&data)?;
+    staged.sync()?;
     step(RotateStep::CopyWritten);
 
-    // The copy is read back from the file, into the same buffer to spare a
-    // second allocation of the file's size.
-    staged.read_back_into(&mut data)?;
-    check_copy(staged.path(), &data, keys, counts.encrypted)?;
-    drop(data);
+    check_copy(staged.path(), &staged.map()?, &layout)?;
     step(RotateStep::CopyVerified);
 
     if let Some(backup) = backup {
-        write_backup(&file, backup)?;
+        write_backup(&file, &source, backup)?;
         step(RotateStep::BackupWritten);
     }
     staged.replace(path)?;
@@ -222,7 +221,7 @@ fn rotate_file(
     Ok(FileOutcome::Rotated {
         encrypted_values: counts.encrypted,
         pass_through_values: counts.pass_through,
-        cleared_bytes,
+        cleared_bytes: counts.cleared,
     })
 }
 
@@ -233,124 +232,39 @@ fn classify_failure(path: &Path, original: &[u8], keys: &KeyPair) -> Result<File
         return Ok(FileOutcome::AlreadyNewKey);
     }
     verify_bytes(path, original, &keys.old)?;
-    // The old key opened every value on a second read, so the file changed
-    // under the lock; report it as a mismatch rather than guess.
+    // The old key opens every value one by one, so the rewrite failed on
+    // values that share bytes (a damaged file) or on a file that changed
+    // under the lock. Report it as a mismatch rather than guess.
     Err(DbError::KeyMismatch {
         path: path.to_path_buf(),
     })
 }
 
-fn check_copy(path: &Path, written: &[u8], keys: &KeyPair, expected: u64) -> Result<(), DbError> {
-    let failed = |reason| DbError::CopyVerificationFailed {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let report = verify_bytes(path, written, &keys.new)
-        .map_err(|_| failed("values do not authenticate with the new key"))?;
-    if report.encrypted_values != expected {
-        return Err(failed("the number of encrypted values changed"));
+/// Checks that the copy parses to the same tree as the original: the same
+/// buckets, keys and value positions. Together with the read-back check of
+/// every value during the rewrite, this proves the whole copy opens with the
+/// new key.
+fn check_copy(path: &Path, copy: &[u8], original: &Layout) -> Result<(), DbError> {
+    let layout =
+        parse(copy).map_err(|_| copy_failed(path, "the copy is not a valid BoltDB file"))?;
+    if layout.buckets != original.buckets || layout.values != original.values {
+        return Err(copy_failed(
+            path,
+            "the copy's buckets or values differ from the original's",
+        ));
     }
     Ok(())
 }
 
-fn write_backup(file: &LockedFile, backup: &Path) -> Result<(), DbError> {
-    let original = file.read_all()?;
+fn copy_failed(path: &Path, reason: &'static str) -> DbError {
+    DbError::CopyVerificationFailed {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn write_backup(file: &LockedFile, original: &[u8], backup: &Path) -> Result<(), DbError> {
     let mut staged = StagedFile::create(temp_path(backup, "backup"), &file.metadata()?)?;
-    staged.write_and_sync(&original)?;
+    staged.write_and_sync(original)?;
     staged.replace(backup)
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    encrypted: u64,
-    pass_through: u64,
-}
-
-/// Re-encrypts every value in place, spreading large files over threads.
-fn reencrypt(
-    data: &mut [u8],
-    layout: &Layout,
-    keys: &KeyPair,
-) -> Result<Counts, AuthenticationFailed> {
-    let mut ranges: Vec<Range<usize>> = layout
-        .values
-        .iter()
-        .map(|entry| entry.value.clone())
-        .collect();
-    ranges.sort_unstable_by_key(|range| range.start);
-    let bytes = ranges.iter().map(|range| range.len()).sum();
-    let groups = split_ranges(&ranges, thread_count(bytes));
-
-    thread::scope(|scope| {
-        let mut rest = data;
-        let mut base = 0;
-        let mut workers = Vec::with_capacity(groups.len());
-        for group in groups {
-            let end = group.iter().map(|range| range.end).max().unwrap_or(base);
-            let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(end - base);
-            let chunk_base = base;
-            workers.push(scope.spawn(move || reencrypt_group(chunk, chunk_base, group, keys)));
-            rest = tail;
-            base = end;
-        }
-        workers
-            .into_iter()
-            .try_fold(Counts::default(), |total, worker| {
-                let counts = worker
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-                Ok(Counts {
-                    encrypted: total.encrypted + counts.encrypted,
-                    pass_through: total.pass_through + counts.pass_through,
-                })
-            })
-    })
-}
-
-/// Re-encrypts the values of one group; `chunk` starts at file offset `base`.
-fn reencrypt_group(
-    chunk: &mut [u8],
-    base: usize,
-    ranges: &[Range<usize>],
-    keys: &KeyPair,
-) -> Result<Counts, AuthenticationFailed> {
-    let mut rng = rand::rng();
-    let mut counts = Counts::default();
-    for range in ranges {
-        let value = &mut chunk[range.start - base..range.end - base];
-        if value == PASS_THROUGH_VALUE {
-            counts.pass_through += 1;
-            continue;
-        }
-        keys.old.open_in_place(value)?;
-        keys.new.seal_in_place(value, &mut rng);
-        counts.encrypted += 1;
-    }
-    Ok(counts)
-}
-
-/// Zeroes every byte the active tree does not use and makes both meta pages
-/// point at the active tree. Returns the number of bytes zeroed outside the
-/// meta pages.
-pub(crate) fn clear_stale_data(data: &mut [u8], layout: &Layout) -> u64 {
-    let mut cleared = 0;
-    for range in layout.unreachable_ranges() {
-        cleared += range.len() as u64;
-        data[range].fill(0);
-    }
-
-    // The other meta page gets the same tree one txid earlier, so bbolt still
-    // opens the active one and its next commit lands on the other page.
-    let page_size = layout.page_size;
-    let active = layout.meta;
-    let older_txid = active.txid.checked_sub(1).unwrap_or(1);
-    for page in 0..2u64 {
-        let mut meta = active;
-        if page != layout.active_meta_page {
-            meta.txid = older_txid;
-        }
-        let start = page as usize * page_size;
-        write_meta_page(&mut data[start..start + page_size], page, &meta);
-    }
-    cleared
 }

@@ -66,7 +66,7 @@ pub struct SchemaVersion {
 pub fn verify(db_path: &Path, key_file_bytes: &[u8]) -> Result<VerifyReport, DbError> {
     let path = resolve_db_path(db_path, ENCRYPTED_DB_NAME);
     let file = LockedFile::open(&path, LockMode::Shared)?;
-    let data = file.read_all()?;
+    let data = file.map()?;
     let key = PortainerKey::from_key_file_bytes(key_file_bytes);
     verify_bytes(&path, &data, &key)
 }
@@ -143,7 +143,8 @@ fn authenticate_all(data: &[u8], layout: &Layout, key: &PortainerKey) -> Counts 
 
 fn authenticate_entries(data: &[u8], entries: &[ValueRef], key: &PortainerKey) -> Counts {
     let mut counts = Counts::default();
-    let mut scratch = Zeroizing::new(Vec::new());
+    let largest = entries.iter().map(|entry| entry.value.len()).max();
+    let mut scratch = Zeroizing::new(Vec::with_capacity(largest.unwrap_or(0)));
     for entry in entries {
         let value = &data[entry.value.clone()];
         if value == PASS_THROUGH_VALUE {

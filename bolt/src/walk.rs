@@ -118,7 +118,8 @@ impl Layout {
     /// Returns the byte ranges that hold nothing the active tree reaches: pages
     /// outside the tree and freelist (meta pages excluded), and unused bytes
     /// inside reachable pages. Stale data from older transactions lives there.
-    pub(crate) fn unreachable_ranges(&self) -> Vec<Range<usize>> {
+    /// The ranges are disjoint but not sorted.
+    pub fn unreachable_ranges(&self) -> Vec<Range<usize>> {
         let mut ranges = self.slack.clone();
         let file_pages = self.file_len.div_ceil(self.page_size) as u64;
         for id in 2..file_pages {

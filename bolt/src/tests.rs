@@ -137,3 +137,26 @@ fn truncated_written_file_is_rejected() {
         assert!(parse(&data[..len]).is_err(), "length {len}");
     }
 }
+
+#[test]
+fn writer_handles_keys_over_half_a_page() {
+    // Two branch elements with these keys do not fit in one 1 KiB page, so
+    // each branch node must still take at least two children for the tree
+    // to end in one root.
+    let keys: Vec<Vec<u8>> = (0..5u8).map(|index| vec![index; 600]).collect();
+    let mut buckets = vec![WriteBucket {
+        name: b"long-keys",
+        sequence: 0,
+        entries: keys
+            .iter()
+            .map(|key| entry(key, vec![key[0]; 10]))
+            .collect(),
+    }];
+    let data = write_database(1024, 0, &mut buckets).expect("writes");
+    let read = read_back(&data);
+    assert_eq!(read.len(), 1);
+    assert!(!read[0].2, "bucket is not inline");
+    let read_keys: Vec<&[u8]> = read[0].3.iter().map(|(key, _)| key.as_slice()).collect();
+    assert_eq!(read_keys, keys);
+    assert_eq!(read[0].3[4].1, vec![4u8; 10]);
+}

@@ -24,6 +24,11 @@ pub const MAX_VALUE_SIZE: usize = (1 << 31) - 2;
 /// Page id of the freelist in a file this module writes.
 const FREELIST_PAGE_ID: u64 = 2;
 
+/// Minimum number of items in a node, bbolt 1.3's `minKeysPerPage`. With one
+/// item per node, keys longer than half a page would give every branch level
+/// as many nodes as the level below, and the tree would never reach one root.
+const MIN_ITEMS_PER_NODE: usize = 2;
+
 /// A bucket to write.
 #[derive(Debug, Clone)]
 pub struct WriteBucket<'a> {
@@ -275,8 +280,14 @@ impl PageWriter {
     }
 }
 
-/// Overwrites a whole meta page: header, meta record, zeros after it.
-pub(crate) fn write_meta_page(span: &mut [u8], id: u64, meta: &Meta) {
+/// Overwrites meta page `id` (0 or 1) in `span`: header, `meta` with a fresh
+/// checksum, then zeros to the end of `span`.
+///
+/// # Panics
+///
+/// Panics if `span` is shorter than 80 bytes (page header and meta record).
+/// Callers pass the whole page, which is at least [`MIN_PAGE_SIZE`] bytes.
+pub fn write_meta_page(span: &mut [u8], id: u64, meta: &Meta) {
     span.fill(0);
     let header = PageHeader {
         id,
@@ -288,15 +299,16 @@ pub(crate) fn write_meta_page(span: &mut [u8], id: u64, meta: &Meta) {
     span[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + META_SIZE].copy_from_slice(&meta.encode());
 }
 
-/// Splits `items` into nodes that fit one page each. An item larger than a
-/// page gets a node of its own, which then spans overflow pages.
+/// Splits `items` into nodes that fit one page each, with at least
+/// [`MIN_ITEMS_PER_NODE`] items in every node but the last. A node that does
+/// not fit spans overflow pages.
 fn pack<T>(items: &[T], page_size: usize, item_size: impl Fn(&T) -> usize) -> Vec<&[T]> {
     let mut chunks = Vec::new();
     let mut start = 0;
     let mut size = PAGE_HEADER_SIZE;
     for (index, item) in items.iter().enumerate() {
         let next = item_size(item);
-        if index > start && size + next > page_size {
+        if index - start >= MIN_ITEMS_PER_NODE && size + next > page_size {
             chunks.push(&items[start..index]);
             start = index;
             size = PAGE_HEADER_SIZE;
