@@ -1,17 +1,24 @@
 //! `check`: validate the configuration and, with `--connect`, every secret's value.
 
+use std::path::Path;
+
 use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::fetch::{RunError, build_stores, fetch_all, log_start, placement};
+use crate::writer::{Medium, warn_disk};
 
 /// Validates `config`; with `connect`, authenticates, reads and validates every secret
 /// without writing anything, and prints one line per secret to stdout.
 pub async fn run(config: &Config, connect: bool) -> Result<(), RunError> {
     log_start(config, "check");
     for secret in &config.secrets {
-        if let Err(error) = placement(secret).check() {
-            tracing::warn!(secret = %secret.name, %error, "the target cannot be written on this machine");
+        match placement(secret).check() {
+            Ok(Medium::Memory) => {}
+            Ok(Medium::Disk) => warn_disk(secret.target.parent().unwrap_or(Path::new("/"))),
+            Err(error) => {
+                tracing::warn!(secret = %secret.name, %error, "the target cannot be written on this machine");
+            }
         }
     }
     if !connect {

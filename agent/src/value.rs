@@ -76,11 +76,55 @@ fn select_field(secret: &SecretSpec, value: &SecretValue) -> Result<SecretBytes,
         path: secret.path.clone(),
         reason,
     };
-    let mut parsed: Value = serde_json::from_slice(value.bytes.expose())
+    let UniqueObject { object, duplicate } = serde_json::from_slice(value.bytes.expose())
         .map_err(|_| invalid("field is set, but the stored value is not a JSON object; remove field to use the value as it is".to_owned()))?;
-    let result = pick(secret, &parsed);
+    let mut parsed = Value::Object(object);
+    let result = match duplicate {
+        Some(name) => Err(invalid(format!(
+            "the stored JSON object has field {name:?} more than once, and readers disagree on which copy wins; store each field once"
+        ))),
+        None => pick(secret, &parsed),
+    };
     wipe_json(&mut parsed);
     result
+}
+
+/// A JSON object with the first repeated key, if any. The repeated value is
+/// wiped and left out, so the caller can reject the object.
+struct UniqueObject {
+    object: serde_json::Map<String, Value>,
+    duplicate: Option<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(UniqueObjectVisitor)
+    }
+}
+
+struct UniqueObjectVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueObjectVisitor {
+    type Value = UniqueObject;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueObject, A::Error> {
+        let mut object = serde_json::Map::new();
+        let mut duplicate = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let mut value: Value = map.next_value()?;
+            if object.contains_key(&key) {
+                wipe_json(&mut value);
+                duplicate.get_or_insert(key);
+            } else {
+                object.insert(key, value);
+            }
+        }
+        Ok(UniqueObject { object, duplicate })
+    }
 }
 
 fn pick(secret: &SecretSpec, parsed: &Value) -> Result<SecretBytes, ValueError> {
@@ -268,6 +312,31 @@ pub fn warnings(kind: SecretKind, newline: NewlinePolicy, bytes: &[u8]) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_object_reports_repeated_field() {
+        let parsed: UniqueObject =
+            serde_json::from_slice(br#"{"key":"first","other":"x","key":"second"}"#)
+                .expect("parses");
+
+        assert_eq!(parsed.duplicate.as_deref(), Some("key"));
+        assert_eq!(parsed.object.get("key"), Some(&Value::from("first")));
+    }
+
+    #[test]
+    fn unique_object_accepts_distinct_fields() {
+        let parsed: UniqueObject =
+            serde_json::from_slice(br#"{"key":"k","password":"p"}"#).expect("parses");
+
+        assert_eq!(parsed.duplicate, None);
+        assert_eq!(parsed.object.len(), 2);
+    }
+
+    #[test]
+    fn unique_object_rejects_non_objects() {
+        assert!(serde_json::from_slice::<UniqueObject>(b"\"text\"").is_err());
+        assert!(serde_json::from_slice::<UniqueObject>(b"[1]").is_err());
+    }
 
     #[test]
     fn strip_one_removes_a_single_newline() {

@@ -95,6 +95,9 @@ impl Placement {
         let dir = open_directory(directory)?;
         let medium = check_medium(&dir, directory, self.allow_disk)?;
         check_existing(&dir, name, &self.target)?;
+        if medium == Medium::Disk {
+            warn_disk(directory);
+        }
 
         let temporary = temporary_name(name);
         let file = create_temporary(&dir, &temporary, &self.target)?;
@@ -240,7 +243,6 @@ fn check_medium(dir: &OwnedFd, directory: &Path, allow_disk: bool) -> Result<Med
         return Ok(Medium::Memory);
     }
     if allow_disk {
-        tracing::warn!(directory = ?directory, "target directory is not tmpfs or ramfs; the secret will reach a disk because allow_disk is set");
         return Ok(Medium::Disk);
     }
     Err(WriteError::Directory {
@@ -248,6 +250,11 @@ fn check_medium(dir: &OwnedFd, directory: &Path, allow_disk: bool) -> Result<Med
         reason: format!("it is not on tmpfs or ramfs (filesystem magic {magic:#x}), so the secret would reach a disk"),
         hint: "mount an emptyDir with medium: Memory or a tmpfs there, or set allow_disk = true to accept a disk".to_owned(),
     })
+}
+
+/// Logs that a write goes to a disk, which `allow_disk` permits.
+pub fn warn_disk(directory: &Path) {
+    tracing::warn!(directory = ?directory, "target directory is not tmpfs or ramfs; the secret will reach a disk because allow_disk is set");
 }
 
 fn check_existing(dir: &OwnedFd, name: &std::ffi::OsStr, target: &Path) -> Result<(), WriteError> {

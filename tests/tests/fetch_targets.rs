@@ -155,6 +155,27 @@ fn disk_target_is_rejected_with_73() {
 }
 
 #[test]
+fn repeated_json_field_is_rejected() {
+    let files = Files::new();
+    let stored = br#"{"key":"pka-first-copy","key":"pka-second-copy"}"#;
+    let source = files.source("key.json", stored);
+    let target = files.tmpfs.join("portainer");
+
+    let output = files.fetch(&target, &source, "field = \"key\"");
+
+    output.assert_exit(65);
+    assert_absent(&target);
+    assert!(output.log().contains("more than once"), "{}", output.log());
+    assert_log_free_of(
+        &output,
+        &[
+            ("first copy", b"pka-first-copy"),
+            ("second copy", b"pka-second-copy"),
+        ],
+    );
+}
+
+#[test]
 fn disk_target_allowed_with_allow_disk() {
     let files = Files::new();
     let disk = DiskDir::new();
@@ -165,6 +186,9 @@ fn disk_target_allowed_with_allow_disk() {
 
     output.assert_exit(0);
     assert_file(&target, Expected::default_owner(b"pka-disk-allowed"));
+    let log = output.log();
+    let warnings = log.matches("will reach a disk").count();
+    assert_eq!(warnings, 1, "one disk warning per write:\n{log}");
 }
 
 /// Kills the agent with SIGKILL after increasing delays; after every kill the
