@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::candidates::{PENDING_SUFFIX, PREVIOUS_SUFFIX};
 use crate::config::{Config, Encoding, SecretKind, SecretSpec, StoreKind};
-use crate::db::{BackupFileOutcome, DbError, ENCRYPTED_DB_NAME, FileOutcome, RotateOptions};
+use crate::db::{BackupFileOutcome, DbError, ENCRYPTED_DB_NAME, RotateOptions};
 use crate::exit::ExitStatus;
 use crate::value::prepare;
 
@@ -437,10 +437,7 @@ fn rotate_database(
         &options,
     )
     .map_err(|error| database_error("rotate the database", error))?;
-    report(&format!(
-        "3. database: {} under the new key, verified",
-        describe_outcome(&outcome.outcome)
-    ));
+    report(&format!("3. database: {}, verified", outcome.outcome));
     if let Some(backup) = outcome.backup {
         report(&format!(
             "   a copy under the old key is at {}",
@@ -449,7 +446,7 @@ fn rotate_database(
     }
     let backup_file = match &outcome.backup_file_outcome {
         BackupFileOutcome::Absent => "absent".to_owned(),
-        BackupFileOutcome::Done(done) => describe_outcome(done),
+        BackupFileOutcome::Done(done) => done.to_string(),
         BackupFileOutcome::Skipped { reason } => format!("left as it is: {reason}"),
     };
     report(&format!(
@@ -457,19 +454,6 @@ fn rotate_database(
         outcome.backup_file.display()
     ));
     Ok(())
-}
-
-fn describe_outcome(outcome: &FileOutcome) -> String {
-    match outcome {
-        FileOutcome::Rotated {
-            encrypted_values,
-            pass_through_values,
-            cleared_bytes,
-        } => format!(
-            "{encrypted_values} values re-encrypted, {pass_through_values} pass-through values kept, {cleared_bytes} stale bytes cleared"
-        ),
-        FileOutcome::AlreadyNewKey => "already".to_owned(),
-    }
 }
 
 /// Makes the new key current and returns the store version that contains it.

@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 
 use super::bolt::FreelistForm;
 use super::{
-    BackupFileOutcome, DbError, EncryptOptions, EncryptReport, FileOutcome, ResetPasswordReport,
-    RotateOptions, RotateReport, VerifyReport,
+    BackupFileOutcome, DbError, EncryptOptions, EncryptReport, ResetPasswordReport, RotateOptions,
+    RotateReport, VerifyReport,
 };
 
 /// Largest key or password file read, in bytes. Docker Swarm secrets are at
@@ -302,36 +302,15 @@ fn print_verify(out: &mut dyn Write, report: &VerifyReport) -> io::Result<()> {
     Ok(())
 }
 
-fn describe_outcome(outcome: &FileOutcome) -> String {
-    match outcome {
-        FileOutcome::Rotated {
-            encrypted_values,
-            pass_through_values,
-            cleared_bytes,
-        } => format!(
-            "rotated: {encrypted_values} values re-encrypted, {pass_through_values} \"false\" values copied, \
-             {cleared_bytes} bytes of stale data zeroed"
-        ),
-        FileOutcome::AlreadyNewKey => "already opens with the new key; left as it is".to_owned(),
-    }
-}
-
 fn print_rotate(out: &mut dyn Write, report: &RotateReport) -> io::Result<()> {
-    writeln!(
-        out,
-        "{}: {}",
-        report.database.display(),
-        describe_outcome(&report.outcome)
-    )?;
+    writeln!(out, "{}: {}", report.database.display(), report.outcome)?;
     if let Some(backup) = &report.backup {
         writeln!(out, "copy under the old key kept at {}", backup.display())?;
     }
     let backup_file = report.backup_file.display();
     match &report.backup_file_outcome {
         BackupFileOutcome::Absent => writeln!(out, "{backup_file}: absent"),
-        BackupFileOutcome::Done(outcome) => {
-            writeln!(out, "{backup_file}: {}", describe_outcome(outcome))
-        }
+        BackupFileOutcome::Done(outcome) => writeln!(out, "{backup_file}: {outcome}"),
         BackupFileOutcome::Skipped { reason } => writeln!(
             out,
             "warning: {backup_file} left unchanged ({reason}); it may hold data under another key"

@@ -66,6 +66,25 @@ pub enum FileOutcome {
     AlreadyNewKey,
 }
 
+impl std::fmt::Display for FileOutcome {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileOutcome::Rotated {
+                encrypted_values,
+                pass_through_values,
+                cleared_bytes,
+            } => write!(
+                formatter,
+                "rotated: {encrypted_values} values re-encrypted, {pass_through_values} \"false\" \
+                 values copied, {cleared_bytes} bytes of stale data zeroed"
+            ),
+            FileOutcome::AlreadyNewKey => {
+                formatter.write_str("already opens with the new key; left as it is")
+            }
+        }
+    }
+}
+
 /// Outcome for Portainer's pre-migration backup file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackupFileOutcome {
