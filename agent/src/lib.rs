@@ -132,12 +132,25 @@ fn finish<E: std::fmt::Display>(
     }
 }
 
+/// Formats an error followed by each underlying cause, such as the I/O error
+/// behind a failed write. The `db` errors carry no secret at any level.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    message
+}
+
 fn run_db(args: db::cli::DbArgs) -> ExitStatus {
     match db::cli::run(args) {
         Ok(()) => ExitStatus::Success,
         Err(error) => {
             let code = error.exit_code();
-            tracing::error!(exit_status = code, "{error}");
+            tracing::error!(exit_status = code, "{}", with_causes(&error));
             ExitStatus::from_code(code)
         }
     }

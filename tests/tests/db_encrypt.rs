@@ -112,3 +112,21 @@ fn locked_plaintext_is_not_encrypted() {
     assert!(matches!(error, DbError::Locked { .. }), "{error}");
     assert!(!dir.path().join("portainer.edb").exists());
 }
+
+#[test]
+fn encrypted_source_is_not_encrypted_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = write_key(dir.path(), "first.key", b"first key");
+    let source = dir.path().join("portainer.db");
+    make_database(&source, Some(&key), &[]);
+    let before = std::fs::read(&source).expect("read");
+
+    let options = EncryptOptions {
+        remove_plaintext: true,
+    };
+    let error = encrypt(dir.path(), b"second key", &options).expect_err("rejected");
+
+    assert!(matches!(error, DbError::InvalidInput { .. }), "{error}");
+    assert_eq!(std::fs::read(&source).expect("source kept"), before);
+    assert!(!dir.path().join("portainer.edb").exists());
+}

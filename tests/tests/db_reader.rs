@@ -298,3 +298,51 @@ proptest! {
         assert_no_panic_on(&data);
     }
 }
+
+fn cli_verify(db: &Path, key_file: &Path) -> std::process::Output {
+    Command::new(integration_tests::paths::agent_binary())
+        .args(["db", "verify", "--db"])
+        .arg(db)
+        .arg("--key-file")
+        .arg(key_file)
+        .output()
+        .expect("run the agent")
+}
+
+#[test]
+fn verify_names_the_newline_that_opens() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let with_newline = write_key(dir.path(), "with.key", b"pka-newline-key\n");
+    let without_newline = write_key(dir.path(), "without.key", b"pka-newline-key");
+    let database = dir.path().join("portainer.edb");
+    make_database(&database, Some(&with_newline), &["-keys", "20"]);
+
+    let output = cli_verify(&database, &without_newline);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("followed by one newline"), "{stderr}");
+    assert!(!stderr.contains("pka-newline-key"), "{stderr}");
+
+    let reverse = dir.path().join("reverse.edb");
+    make_database(&reverse, Some(&without_newline), &["-keys", "20"]);
+    let output = cli_verify(&reverse, &with_newline);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("without its trailing newline"), "{stderr}");
+}
+
+#[test]
+fn verify_without_newline_cause_gives_plain_mismatch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = write_key(dir.path(), "right.key", b"right key");
+    let wrong = write_key(dir.path(), "wrong.key", b"wrong key");
+    let database = dir.path().join("portainer.edb");
+    make_database(&database, Some(&key), &["-keys", "20"]);
+
+    let output = cli_verify(&database, &wrong);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the key does not open"), "{stderr}");
+    assert!(!stderr.contains("newline"), "{stderr}");
+}

@@ -438,3 +438,110 @@ fn rotation_survives_kill_at_random_times() {
         assert_recovers(&fixture, &nonces);
     }
 }
+
+fn rotate_with_backup(fixture: &Fixture, backup: PathBuf) -> Result<(), DbError> {
+    let options = RotateOptions {
+        backup: Some(backup),
+        on_step: None,
+    };
+    rotate(&fixture.data_dir(), OLD_KEY, NEW_KEY, &options).map(|_| ())
+}
+
+#[test]
+fn backup_path_of_a_rewritten_file_is_rejected() {
+    let fixture = Fixture::new();
+    fixture.make(&[]);
+    let before = std::fs::read(fixture.database()).expect("read");
+    std::fs::create_dir(fixture.data_dir().join("backups")).expect("backups dir");
+
+    for backup in [
+        fixture.database(),
+        fixture.data_dir().join("../data/portainer.edb"),
+        fixture.data_dir().join("portainer.edb.rotate-tmp"),
+        fixture.backup_file(),
+    ] {
+        let error = rotate_with_backup(&fixture, backup.clone()).expect_err("rejected");
+        assert!(
+            matches!(error, DbError::InvalidInput { .. }),
+            "{backup:?}: {error}"
+        );
+        assert_eq!(std::fs::read(fixture.database()).expect("read"), before);
+    }
+}
+
+#[test]
+fn stale_backup_copy_is_removed_on_rerun() {
+    let fixture = Fixture::new();
+    fixture.make(&[]);
+    let backup = fixture.dir.path().join("old-copy.edb");
+    std::fs::write(
+        fixture.dir.path().join("old-copy.edb.backup-tmp"),
+        b"left by a kill",
+    )
+    .expect("write stale copy");
+
+    rotate_with_backup(&fixture, backup.clone()).expect("rotates");
+
+    assert_eq!(fixture.key_that_opens(&backup), "old");
+    assert_eq!(fixture.key_that_opens(&fixture.database()), "new");
+    assert!(!fixture.dir.path().join("old-copy.edb.backup-tmp").exists());
+}
+
+#[test]
+fn symlinked_database_is_rejected() {
+    let fixture = Fixture::new();
+    fixture.make(&[]);
+    let real = fixture.dir.path().join("real.edb");
+    std::fs::rename(fixture.database(), &real).expect("move");
+    std::os::unix::fs::symlink(&real, fixture.database()).expect("link");
+
+    let error = rotate_default(&fixture.data_dir()).expect_err("rejected");
+
+    assert!(matches!(error, DbError::SymbolicLink { .. }), "{error}");
+    let link = std::fs::symlink_metadata(fixture.database()).expect("link stays");
+    assert!(link.file_type().is_symlink());
+    assert_eq!(fixture.key_that_opens(&real), "old");
+}
+
+#[test]
+fn cli_error_names_the_cause() {
+    let fixture = Fixture::new();
+    fixture.make(&[]);
+    let backup = fixture.dir.path().join("missing-dir/copy.edb");
+
+    let output = Command::new(integration_tests::paths::agent_binary())
+        .args(["db", "rotate", "--db"])
+        .arg(fixture.data_dir())
+        .arg("--old-key-file")
+        .arg(&fixture.old_key)
+        .arg("--new-key-file")
+        .arg(&fixture.new_key)
+        .arg("--backup")
+        .arg(&backup)
+        .output()
+        .expect("run the agent");
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(73), "{stderr}");
+    assert!(stderr.contains("No such file or directory"), "{stderr}");
+}
+
+#[test]
+fn cli_exit_status_survives_unwritable_stderr() {
+    let fixture = Fixture::new();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full");
+
+    let status = Command::new(integration_tests::paths::agent_binary())
+        .args(["db", "verify", "--db"])
+        .arg(fixture.data_dir())
+        .arg("--key-file")
+        .arg(fixture.dir.path().join("missing.key"))
+        .stderr(full)
+        .status()
+        .expect("run the agent");
+
+    assert_eq!(status.code(), Some(66), "{status}");
+}

@@ -72,6 +72,8 @@ pub struct RotateArgs {
     #[arg(long, value_name = "PATH")]
     pub new_key_file: PathBuf,
     /// Keep a copy of the database as it was, still under the old key, at PATH.
+    /// An existing file at PATH is replaced; PATH must not be the database,
+    /// backups/portainer.edb.bak or a key file.
     #[arg(long, value_name = "PATH")]
     pub backup: Option<PathBuf>,
 }
@@ -141,6 +143,24 @@ pub enum DbCommandError {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// The key does not open the database, but the key with one trailing
+    /// newline added or removed does.
+    #[error(
+        "the key does not open {}, but the same key {} does; {}",
+        path.display(),
+        if *newline_added { "followed by one newline" } else { "without its trailing newline" },
+        if *newline_added {
+            "add the newline to the key file, or set newline = \"ensure-one\" in the agent's configuration"
+        } else {
+            "remove the newline from the key file, or set newline = \"strip-one\" in the agent's configuration"
+        }
+    )]
+    NewlineMismatch {
+        /// The database file or directory.
+        path: PathBuf,
+        /// Whether the key that opens it has a newline the given key lacks.
+        newline_added: bool,
+    },
     /// The database operation failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -156,6 +176,7 @@ impl DbCommandError {
             DbCommandError::InputNotFound { .. } | DbCommandError::InputUnreadable { .. } => 66,
             DbCommandError::InputTooLarge { .. } => 78,
             DbCommandError::InvalidPassword { .. } => 65,
+            DbCommandError::NewlineMismatch { .. } => 1,
             DbCommandError::Db(error) => db_exit_code(error),
             DbCommandError::Output(_) => 74,
         }
@@ -174,10 +195,51 @@ fn db_exit_code(error: &DbError) -> u8 {
         DbError::NotFound { .. } | DbError::NotAFile { .. } | DbError::Read { .. } => 66,
         DbError::Write { .. }
         | DbError::AlreadyExists { .. }
+        | DbError::SymbolicLink { .. }
         | DbError::CopyVerificationFailed { .. } => 73,
-        DbError::Locked { .. } => 75,
+        DbError::Locked { .. } | DbError::Replaced { .. } => 75,
         DbError::InvalidInput { .. } => 65,
     }
+}
+
+/// Turns a key mismatch into [`DbCommandError::NewlineMismatch`] when the key
+/// with one trailing newline added or removed opens the database: the most
+/// common way a key goes wrong.
+fn explain_newline(error: DbError, db: &Path, key: &[u8]) -> DbCommandError {
+    if !error.is_key_mismatch() {
+        return error.into();
+    }
+    let newline_added = !key.ends_with(b"\n");
+    let mut variant = Zeroizing::new(key.to_vec());
+    if newline_added {
+        variant.push(b'\n');
+    } else {
+        variant.pop();
+    }
+    if variant.is_empty() || super::verify(db, &variant).is_err() {
+        return error.into();
+    }
+    DbCommandError::NewlineMismatch {
+        path: db.to_path_buf(),
+        newline_added,
+    }
+}
+
+/// Rejects a backup path that is one of the key files, which the copy of the
+/// database would overwrite.
+fn reject_key_file_as_backup(backup: &Path, key_files: &[&Path]) -> Result<(), DbError> {
+    let Some(backup) = super::rotate::comparable_path(backup) else {
+        return Ok(());
+    };
+    for key_file in key_files {
+        if super::rotate::comparable_path(key_file).as_ref() == Some(&backup) {
+            return Err(DbError::InvalidInput {
+                reason: "the backup path is a key file, which the copy of the database would \
+                         overwrite; choose another path",
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs a `db` subcommand and prints its report on standard output.
@@ -190,12 +252,16 @@ pub fn run_with_output(args: DbArgs, out: &mut dyn Write) -> Result<(), DbComman
     match args.command {
         DbCommand::Verify(args) => {
             let key = read_input_file(&args.key_file)?;
-            let report = super::verify(&args.db, &key)?;
+            let report = super::verify(&args.db, &key)
+                .map_err(|error| explain_newline(error, &args.db, &key))?;
             print_verify(out, &report).map_err(DbCommandError::Output)
         }
         DbCommand::Rotate(args) => {
             let old_key = read_input_file(&args.old_key_file)?;
             let new_key = read_input_file(&args.new_key_file)?;
+            if let Some(backup) = &args.backup {
+                reject_key_file_as_backup(backup, &[&args.old_key_file, &args.new_key_file])?;
+            }
             let options = RotateOptions {
                 backup: args.backup,
                 on_step: None,

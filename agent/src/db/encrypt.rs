@@ -13,6 +13,7 @@ use super::crypto::PortainerKey;
 use super::error::DbError;
 use super::files::{StagedFile, parent_dir, remove_stale, sync_dir, temp_path};
 use super::lock::{LockMode, LockedFile};
+use super::verify::find_schema_version;
 use super::{ENCRYPTED_DB_NAME, PLAINTEXT_DB_NAME, resolve_db_path};
 
 /// Options of [`encrypt`].
@@ -68,6 +69,7 @@ pub fn encrypt(
         path: source.clone(),
         source: source_error,
     })?;
+    check_plaintext(&data, &layout)?;
     let key = PortainerKey::from_key_file_bytes(key_file_bytes);
     let encrypted = encrypt_image(&data, &layout, &key).map_err(|error| DbError::Unwritable {
         path: source.clone(),
@@ -93,6 +95,24 @@ pub fn encrypt(
         values: layout.values.len() as u64,
         plaintext_removed,
     })
+}
+
+/// Rejects a source whose `version` bucket has no readable schema version:
+/// it is encrypted already (encrypting it again would make it unreadable to
+/// Portainer) or it is not a Portainer database.
+fn check_plaintext(data: &[u8], layout: &Layout) -> Result<(), DbError> {
+    let has_version_bucket = layout
+        .buckets
+        .iter()
+        .any(|bucket| &data[bucket.name.clone()] == b"version");
+    if has_version_bucket && find_schema_version(data, layout, None).is_none() {
+        return Err(DbError::InvalidInput {
+            reason: "the source database has no plaintext schema version in its version \
+                     bucket, so it is encrypted already or not a Portainer database; check it \
+                     with `db verify` and its key",
+        });
+    }
+    Ok(())
 }
 
 /// Builds the encrypted file image, with the source's page size.

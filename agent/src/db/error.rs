@@ -22,6 +22,26 @@ pub enum DbError {
         /// The path.
         path: PathBuf,
     },
+    /// A tool that replaces the file was pointed at a symbolic link.
+    #[error(
+        "{} is a symbolic link; pass the path of the file it points to, because the \
+         rename would replace the link and leave that file as it is",
+        path.display()
+    )]
+    SymbolicLink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// Another file took the database's place while the tool ran.
+    #[error(
+        "{} was replaced by another file while the tool ran, so the result was not \
+         renamed over it; find what writes there, stop it and retry",
+        path.display()
+    )]
+    Replaced {
+        /// The database path.
+        path: PathBuf,
+    },
     /// Reading a file failed.
     #[error("failed to read {}", path.display())]
     Read {

@@ -1,10 +1,11 @@
 //! The `flock` bbolt takes on its database file.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FlockOperation, flock};
+use rustix::fs::{FlockOperation, OFlags, flock};
 use rustix::io::Errno;
 
 use super::error::DbError;
@@ -27,11 +28,24 @@ pub(crate) struct LockedFile {
 
 impl LockedFile {
     /// Opens `path` and takes the lock without waiting.
+    ///
+    /// An exclusive open, which tools take to replace the file, rejects a
+    /// symbolic link: the rename would replace the link, not the file.
     pub(crate) fn open(path: &Path, mode: LockMode) -> Result<LockedFile, DbError> {
-        let file = File::open(path).map_err(|source| match source.kind() {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        if mode == LockMode::Exclusive {
+            options.custom_flags(OFlags::NOFOLLOW.bits() as i32);
+        }
+        let file = options.open(path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => DbError::NotFound {
                 path: path.to_path_buf(),
             },
+            _ if source.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
+                DbError::SymbolicLink {
+                    path: path.to_path_buf(),
+                }
+            }
             _ => DbError::Read {
                 path: path.to_path_buf(),
                 source,
@@ -91,6 +105,23 @@ impl LockedFile {
         (&self.file).seek(SeekFrom::Start(0)).map_err(read_error)?;
         (&self.file).read_to_end(&mut data).map_err(read_error)?;
         Ok(data)
+    }
+
+    /// Fails with [`DbError::Replaced`] unless `self.path` still names the
+    /// locked file, so a result is never renamed over a file swapped in
+    /// while the tool ran.
+    pub(crate) fn check_still_at_path(&self) -> Result<(), DbError> {
+        let locked = self.metadata()?;
+        let current = std::fs::symlink_metadata(&self.path).map_err(|source| DbError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        if (current.dev(), current.ino()) != (locked.dev(), locked.ino()) {
+            return Err(DbError::Replaced {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn metadata(&self) -> Result<std::fs::Metadata, DbError> {

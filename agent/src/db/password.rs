@@ -98,6 +98,7 @@ pub fn reset_admin_password(
     staged.write_and_sync(&image)?;
     drop(image);
     context.check_copy(&staged, password, layout.values.len())?;
+    file.check_still_at_path()?;
     staged.replace(&path)?;
     tracing::info!(path = %path.display(), user_id, "reset user password");
 

@@ -43,7 +43,8 @@ pub enum RotateStep {
 #[derive(Debug, Clone, Default)]
 pub struct RotateOptions {
     /// Path for a copy of the database as it was, still under the old key.
-    /// An existing file there is overwritten. `None` keeps no copy.
+    /// An existing file there is replaced. `None` keeps no copy. Paths the
+    /// rotation writes itself are rejected.
     pub backup: Option<PathBuf>,
     /// Called after each step with the file being rotated, for progress
     /// reports; tests use it to kill the process at chosen points.
@@ -139,6 +140,9 @@ pub fn rotate(
         });
     }
     let database = resolve_db_path(path, ENCRYPTED_DB_NAME);
+    if let Some(backup) = &options.backup {
+        check_backup_path(backup, &database)?;
+    }
     let keys = KeyPair {
         old: PortainerKey::from_key_file_bytes(old_key),
         new: PortainerKey::from_key_file_bytes(new_key),
@@ -159,6 +163,39 @@ pub fn rotate(
         backup_file,
         backup_file_outcome,
     })
+}
+
+/// Rejects a backup path that names a file the rotation writes or rotates
+/// itself, because the copy under the old key would not survive.
+fn check_backup_path(backup: &Path, database: &Path) -> Result<(), DbError> {
+    let portainer_backup = parent_dir(database).join(BACKUP_FILE);
+    let reserved = [
+        database.to_path_buf(),
+        temp_path(database, "rotate"),
+        temp_path(database, "backup"),
+        temp_path(&portainer_backup, "rotate"),
+        portainer_backup,
+    ];
+    let Some(backup) = comparable_path(backup) else {
+        return Ok(());
+    };
+    if reserved
+        .iter()
+        .any(|path| comparable_path(path).as_ref() == Some(&backup))
+    {
+        return Err(DbError::InvalidInput {
+            reason: "the backup path names the database, backups/portainer.edb.bak or a \
+                     temporary copy, which the rotation replaces; choose another path",
+        });
+    }
+    Ok(())
+}
+
+/// Returns the path with its directory resolved (links, `..`), for comparing
+/// paths of files that may not exist yet; `None` when the directory is missing.
+pub(crate) fn comparable_path(path: &Path) -> Option<PathBuf> {
+    let directory = parent_dir(path).canonicalize().ok()?;
+    Some(directory.join(path.file_name()?))
 }
 
 fn rotate_backup_file(
@@ -233,6 +270,7 @@ fn rotate_file(
         write_backup(&file, &source, backup)?;
         step(RotateStep::BackupWritten);
     }
+    file.check_still_at_path()?;
     staged.replace(path)?;
     step(RotateStep::Replaced);
     tracing::info!(path = %path.display(), values = counts.encrypted, "rotated database key");
@@ -283,7 +321,9 @@ fn copy_failed(path: &Path, reason: &'static str) -> DbError {
 }
 
 fn write_backup(file: &LockedFile, original: &[u8], backup: &Path) -> Result<(), DbError> {
-    let mut staged = StagedFile::create(temp_path(backup, "backup"), &file.metadata()?)?;
+    let temp = temp_path(backup, "backup");
+    remove_stale(&temp)?;
+    let mut staged = StagedFile::create(temp, &file.metadata()?)?;
     staged.write_and_sync(original)?;
     staged.replace(backup)
 }
