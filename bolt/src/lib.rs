@@ -25,7 +25,9 @@ mod walk;
 mod write;
 
 pub use error::BoltError;
-pub use meta::{FORMAT_VERSION, MAGIC, MAX_PAGE_SIZE, MIN_PAGE_SIZE, Meta, NO_FREELIST};
+pub use meta::{
+    FORMAT_VERSION, MAGIC, MAX_PAGE_SIZE, MIN_PAGE_SIZE, Meta, NO_FREELIST, SkippedMeta,
+};
 pub use walk::{BucketRef, FreelistForm, Layout, ValueRef, parse};
 pub use write::{
     MAX_KEY_SIZE, MAX_VALUE_SIZE, WriteBucket, WriteEntry, WriteError, write_database,

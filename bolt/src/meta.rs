@@ -119,6 +119,20 @@ pub(crate) struct ActiveMeta {
     /// 0 or 1: the page the meta was read from.
     pub(crate) page: u64,
     pub(crate) page_size: usize,
+    /// The other meta page, when its checksum is valid and its txid newer but
+    /// it cannot be used: the file lost its newest transaction.
+    pub(crate) skipped_newer: Option<SkippedMeta>,
+}
+
+/// A meta page with a valid checksum and a newer txid that was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkippedMeta {
+    /// Page id, 0 or 1.
+    pub page: u64,
+    /// Its transaction id.
+    pub txid: u64,
+    /// Reason it was not used, such as "has a root page out of bounds".
+    pub reason: &'static str,
 }
 
 /// Picks the valid meta page with the higher txid, as bbolt does.
@@ -141,19 +155,46 @@ pub(crate) fn select_meta(data: &[u8]) -> Result<ActiveMeta, BoltError> {
     };
 
     match (first, second) {
-        (Ok(a), Ok(b)) if b.txid > a.txid => Ok(active(b, 1)),
-        (Ok(a), _) => Ok(active(a, 0)),
-        (Err(_), Ok(b)) => Ok(active(b, 1)),
+        (Ok(a), Ok(b)) if b.txid > a.txid => Ok(active(b, 1, None)),
+        (Ok(a), Ok(_)) => Ok(active(a, 0, None)),
+        (Ok(a), Err(reason)) => {
+            let skipped = skipped_newer(data, a.page_size as usize, 1, reason, a.txid);
+            Ok(active(a, 0, skipped))
+        }
+        (Err(reason), Ok(b)) => {
+            let skipped = skipped_newer(data, 0, 0, reason, b.txid);
+            Ok(active(b, 1, skipped))
+        }
         (Err(first), Err(second)) => Err(BoltError::NoValidMeta { first, second }),
     }
 }
 
-fn active(meta: Meta, page: u64) -> ActiveMeta {
+fn active(meta: Meta, page: u64, skipped_newer: Option<SkippedMeta>) -> ActiveMeta {
     ActiveMeta {
         meta,
         page,
         page_size: meta.page_size as usize,
+        skipped_newer,
     }
+}
+
+/// Describes the rejected meta page at `offset` when its checksum is valid
+/// and its txid is newer than `used_txid`. A torn write leaves a bad checksum
+/// instead, which bbolt also skips without loss.
+fn skipped_newer(
+    data: &[u8],
+    offset: usize,
+    page: u64,
+    reason: &'static str,
+    used_txid: u64,
+) -> Option<SkippedMeta> {
+    let start = offset + PAGE_HEADER_SIZE;
+    let meta = Meta::decode(data.get(start..start + META_SIZE)?).ok()?;
+    (meta.txid > used_txid).then_some(SkippedMeta {
+        page,
+        txid: meta.txid,
+        reason,
+    })
 }
 
 fn find_second_meta(data: &[u8]) -> Result<Meta, &'static str> {

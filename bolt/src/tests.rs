@@ -160,3 +160,52 @@ fn writer_handles_keys_over_half_a_page() {
     assert_eq!(read_keys, keys);
     assert_eq!(read[0].3[4].1, vec![4u8; 10]);
 }
+
+fn small_database() -> Vec<u8> {
+    let keys = sample_keys(50);
+    let mut buckets = vec![WriteBucket {
+        name: b"bulk",
+        sequence: 50,
+        entries: keys.iter().map(|key| entry(key, key.repeat(8))).collect(),
+    }];
+    write_database(4096, 0, &mut buckets).expect("writes")
+}
+
+#[test]
+fn newer_meta_pointing_outside_the_file_is_reported() {
+    let mut data = small_database();
+    let layout = parse(&data).expect("parses");
+    let other = 1 - layout.active_meta_page;
+    let mut newer = layout.meta;
+    newer.txid += 1;
+    newer.root = 1 << 40;
+    let start = other as usize * layout.page_size;
+    write_meta_page(&mut data[start..start + layout.page_size], other, &newer);
+
+    let reparsed = parse(&data).expect("the older meta page still works");
+
+    let skipped = reparsed
+        .skipped_newer_meta
+        .expect("the newer page is reported");
+    assert_eq!(skipped.page, other);
+    assert_eq!(skipped.txid, layout.meta.txid + 1);
+    assert_eq!(reparsed.meta.txid, layout.meta.txid);
+}
+
+#[test]
+fn torn_newer_meta_is_not_reported() {
+    let mut data = small_database();
+    let layout = parse(&data).expect("parses");
+    let other = 1 - layout.active_meta_page;
+    let mut newer = layout.meta;
+    newer.txid += 1;
+    let start = other as usize * layout.page_size;
+    write_meta_page(&mut data[start..start + layout.page_size], other, &newer);
+    // A torn write: the checksum no longer matches.
+    data[start + 16 + 40] ^= 0xff;
+
+    let reparsed = parse(&data).expect("the older meta page still works");
+
+    assert_eq!(reparsed.skipped_newer_meta, None);
+    assert_eq!(reparsed.meta.txid, layout.meta.txid);
+}

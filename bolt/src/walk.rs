@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use super::error::BoltError;
-use super::meta::{Meta, NO_FREELIST, select_meta};
+use super::meta::{Meta, NO_FREELIST, SkippedMeta, select_meta};
 use super::page::{
     BRANCH_PAGE, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, ELEMENT_SIZE, FREELIST_PAGE, LEAF_PAGE,
     LeafElement, PAGE_HEADER_SIZE, PageHeader, PageView, branch_element, leaf_element, page_at,
@@ -61,6 +61,9 @@ pub struct Layout {
     pub meta: Meta,
     /// Page id (0 or 1) of the active meta page.
     pub active_meta_page: u64,
+    /// The other meta page, when it is newer, has a valid checksum and cannot
+    /// be used: the file lost its newest transaction, probably by truncation.
+    pub skipped_newer_meta: Option<SkippedMeta>,
     /// Freelist form of the file.
     pub freelist: FreelistForm,
     /// Top-level buckets in key order.
@@ -100,6 +103,7 @@ pub fn parse(data: &[u8]) -> Result<Layout, BoltError> {
         page_size,
         meta: active.meta,
         active_meta_page: active.page,
+        skipped_newer_meta: active.skipped_newer,
         freelist,
         buckets: walker.buckets,
         values: walker.values,

@@ -545,3 +545,25 @@ fn cli_exit_status_survives_unwritable_stderr() {
 
     assert_eq!(status.code(), Some(66), "{status}");
 }
+
+#[test]
+fn truncated_newest_transaction_stops_rotation() {
+    let fixture = Fixture::new();
+    fixture.make(&[]);
+    let data = std::fs::read(fixture.database()).expect("read");
+    let layout = bolt::parse(&data).expect("parses");
+    let last_page = (layout.meta.high_water - 1) as usize;
+    std::fs::write(fixture.database(), &data[..last_page * layout.page_size]).expect("truncate");
+    let before = std::fs::read(fixture.database()).expect("read");
+
+    let report = verify(&fixture.database(), OLD_KEY).expect("the older transaction opens");
+    let skipped = report
+        .skipped_newer_meta
+        .expect("the lost transaction is reported");
+    assert_eq!(skipped.txid, layout.meta.txid);
+
+    let error = rotate_default(&fixture.data_dir()).expect_err("stops");
+    assert!(matches!(error, DbError::LostTransaction { .. }), "{error}");
+    assert_eq!(std::fs::read(fixture.database()).expect("read"), before);
+    assert!(fixture.leftover_temp_files().is_empty());
+}

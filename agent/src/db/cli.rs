@@ -158,7 +158,7 @@ pub enum DbCommandError {
     NewlineMismatch {
         /// The database file or directory.
         path: PathBuf,
-        /// Whether the key that opens it has a newline the given key lacks.
+        /// True when the key that opens it has a newline the given key lacks.
         newline_added: bool,
     },
     /// The database operation failed.
@@ -191,6 +191,7 @@ fn db_exit_code(error: &DbError) -> u8 {
         | DbError::Unwritable { .. }
         | DbError::MissingBucket { .. }
         | DbError::UserNotFound { .. }
+        | DbError::LostTransaction { .. }
         | DbError::InvalidUserRecord { .. } => 65,
         DbError::NotFound { .. } | DbError::NotAFile { .. } | DbError::Read { .. } => 66,
         DbError::Write { .. }
@@ -356,6 +357,14 @@ fn print_verify(out: &mut dyn Write, report: &VerifyReport) -> io::Result<()> {
         writeln!(
             out,
             "warning: the database has no encrypted values, so any key opens it"
+        )?;
+    }
+    if let Some(skipped) = report.skipped_newer_meta {
+        writeln!(
+            out,
+            "warning: meta page {} (txid {}) {}, so the file lost its newest transaction and \
+             bbolt may fail to open it; the tools that rewrite the file stop on it",
+            skipped.page, skipped.txid, skipped.reason
         )?;
     }
     for bucket in &report.buckets {

@@ -14,7 +14,7 @@ use super::error::DbError;
 use super::files::{StagedFile, parent_dir, remove_stale, sync_dir, temp_path};
 use super::lock::{LockMode, LockedFile};
 use super::verify::find_schema_version;
-use super::{ENCRYPTED_DB_NAME, PLAINTEXT_DB_NAME, resolve_db_path};
+use super::{ENCRYPTED_DB_NAME, PLAINTEXT_DB_NAME, reject_lost_transaction, resolve_db_path};
 
 /// Options of [`encrypt`].
 #[derive(Debug, Clone, Default)]
@@ -69,6 +69,7 @@ pub fn encrypt(
         path: source.clone(),
         source: source_error,
     })?;
+    reject_lost_transaction(&source, &layout)?;
     check_plaintext(&data, &layout)?;
     let key = PortainerKey::from_key_file_bytes(key_file_bytes);
     let encrypted = encrypt_image(&data, &layout, &key).map_err(|error| DbError::Unwritable {

@@ -42,6 +42,24 @@ pub enum DbError {
         /// The database path.
         path: PathBuf,
     },
+    /// The newer meta page has a valid checksum but cannot be used, so a
+    /// rewrite would make the loss of its transaction permanent.
+    #[error(
+        "{}: meta page {page} (txid {txid}) {reason}, so the file has lost its newest \
+         transaction, probably by truncation; the tool would make that permanent, so it \
+         stopped. Restore the file from a backup, or copy it aside before any repair",
+        path.display()
+    )]
+    LostTransaction {
+        /// The database file.
+        path: PathBuf,
+        /// Page id of the newer meta page.
+        page: u64,
+        /// Its transaction id.
+        txid: u64,
+        /// The reason it cannot be used.
+        reason: &'static str,
+    },
     /// Reading a file failed.
     #[error("failed to read {}", path.display())]
     Read {

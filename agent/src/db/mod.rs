@@ -41,6 +41,20 @@ pub const PLAINTEXT_DB_NAME: &str = "portainer.db";
 /// Pre-migration backup Portainer keeps, relative to the data directory.
 pub const BACKUP_FILE: &str = "backups/portainer.edb.bak";
 
+/// Fails when the file lost its newest transaction (see
+/// [`bolt::Layout::skipped_newer_meta`]), before a tool rewrites it.
+fn reject_lost_transaction(path: &Path, layout: &bolt::Layout) -> Result<(), DbError> {
+    match layout.skipped_newer_meta {
+        Some(skipped) => Err(DbError::LostTransaction {
+            path: path.to_path_buf(),
+            page: skipped.page,
+            txid: skipped.txid,
+            reason: skipped.reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Returns `path/default_name` when `path` is a directory, else `path`.
 fn resolve_db_path(path: &Path, default_name: &str) -> PathBuf {
     if path.is_dir() {

@@ -19,7 +19,7 @@ use super::lock::{LockMode, LockedFile};
 use super::reencrypt::clear_stale_data;
 use super::user_json::set_password;
 use super::verify::verify_bytes;
-use super::{ENCRYPTED_DB_NAME, PLAINTEXT_DB_NAME, resolve_db_path};
+use super::{ENCRYPTED_DB_NAME, PLAINTEXT_DB_NAME, reject_lost_transaction, resolve_db_path};
 
 /// bcrypt cost Portainer uses (`bcrypt.DefaultCost`).
 const BCRYPT_COST: u32 = 10;
@@ -69,6 +69,7 @@ pub fn reset_admin_password(
     remove_stale(&temp)?;
     let mut data = file.read_all()?;
     let layout = parse(&data).map_err(|source| context.corrupt(source))?;
+    reject_lost_transaction(&path, &layout)?;
     if let Some(key) = context.key {
         verify_bytes(&path, &data, key)?;
     }

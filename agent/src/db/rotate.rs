@@ -18,7 +18,7 @@ use super::files::{StagedFile, parent_dir, remove_stale, temp_path};
 use super::lock::{LockMode, LockedFile};
 use super::reencrypt::{KeyPair, ReencryptError, reencrypt_into};
 use super::verify::verify_bytes;
-use super::{BACKUP_FILE, ENCRYPTED_DB_NAME, resolve_db_path};
+use super::{BACKUP_FILE, ENCRYPTED_DB_NAME, reject_lost_transaction, resolve_db_path};
 
 /// A point in the rotation of one file, reported after it completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,6 +243,7 @@ fn rotate_file(
         path: path.to_path_buf(),
         source,
     })?;
+    reject_lost_transaction(path, &layout)?;
     let staged = StagedFile::create(temp, &file.metadata()?)?;
     let counts = match reencrypt_into(&source, &layout, keys, &staged) {
         Ok(counts) => counts,

@@ -5,7 +5,7 @@ use std::thread;
 
 use zeroize::Zeroizing;
 
-use super::bolt::{FreelistForm, Layout, ValueRef, parse};
+use super::bolt::{FreelistForm, Layout, SkippedMeta, ValueRef, parse};
 use super::crypto::{PASS_THROUGH_VALUE, PortainerKey};
 use super::error::DbError;
 use super::lock::{LockMode, LockedFile};
@@ -22,6 +22,9 @@ pub struct VerifyReport {
     pub page_size: usize,
     /// Transaction id of the active meta page.
     pub txid: u64,
+    /// A newer meta page that could not be used: the file lost its newest
+    /// transaction, and bbolt may fail to open it.
+    pub skipped_newer_meta: Option<SkippedMeta>,
     /// Freelist form of the file.
     pub freelist: FreelistForm,
     /// Top-level buckets in key order.
@@ -100,6 +103,7 @@ pub(crate) fn verify_bytes(
         path: path.to_path_buf(),
         page_size: layout.page_size,
         txid: layout.meta.txid,
+        skipped_newer_meta: layout.skipped_newer_meta,
         freelist: layout.freelist,
         buckets: summarize_buckets(data, &layout),
         encrypted_values: counts.encrypted,
