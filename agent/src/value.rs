@@ -247,7 +247,7 @@ fn check_password(bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Matches `$2a$10$` followed by 53 characters of bcrypt's base64 alphabet.
-fn looks_like_bcrypt(bytes: &[u8]) -> bool {
+pub(crate) fn looks_like_bcrypt(bytes: &[u8]) -> bool {
     let Some(rest) = bytes.strip_prefix(b"$2") else {
         return false;
     };

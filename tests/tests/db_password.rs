@@ -160,3 +160,38 @@ fn rust_bcrypt_accepts_reset_hash() {
     assert!(bcrypt::verify("another", hash).expect("valid hash"));
     assert_eq!(record["Username"], "admin");
 }
+
+fn cli_reset(db: &Path, password_file: &Path, user: &str) -> std::process::Output {
+    std::process::Command::new(integration_tests::paths::agent_binary())
+        .args(["db", "reset-admin-password", "--db"])
+        .arg(db)
+        .arg("--password-file")
+        .arg(password_file)
+        .args(["--user-id", user])
+        .output()
+        .expect("run the agent")
+}
+
+#[test]
+fn cli_rejects_hash_and_missing_user() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = dir.path().join("portainer.db");
+    make_database(&database, None, &["-keys", "20"]);
+    let before = std::fs::read(&database).expect("read");
+    let hash = dir.path().join("hash.txt");
+    let hash_text = bcrypt::hash("pka-plain", 4).expect("hash");
+    std::fs::write(&hash, format!("{hash_text}\n")).expect("write hash");
+    let plain = dir.path().join("plain.txt");
+    std::fs::write(&plain, "pka-new-password").expect("write password");
+
+    let output = cli_reset(&database, &hash, "1");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains("plaintext password"), "{stderr}");
+    assert!(!stderr.contains("--admin-password"), "{stderr}");
+
+    let output = cli_reset(&database, &plain, "99");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(66), "{stderr}");
+    assert_eq!(std::fs::read(&database).expect("read"), before);
+}

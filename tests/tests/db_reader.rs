@@ -346,3 +346,20 @@ fn verify_without_newline_cause_gives_plain_mismatch() {
     assert!(stderr.contains("the key does not open"), "{stderr}");
     assert!(!stderr.contains("newline"), "{stderr}");
 }
+
+#[test]
+fn verify_of_plaintext_database_suggests_encrypt() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = write_key(dir.path(), "some.key", b"some key");
+    make_database(&dir.path().join("portainer.db"), None, &["-keys", "20"]);
+
+    let by_directory = cli_verify(dir.path(), &key);
+    let by_file = cli_verify(&dir.path().join("portainer.db"), &key);
+
+    for output in [by_directory, by_file] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("plaintext database"), "{stderr}");
+        assert!(stderr.contains("db encrypt"), "{stderr}");
+    }
+}

@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 
 use super::bolt::FreelistForm;
 use super::{
-    BackupFileOutcome, DbError, EncryptOptions, EncryptReport, ResetPasswordReport, RotateOptions,
-    RotateReport, VerifyReport,
+    BackupFileOutcome, DbError, EncryptOptions, EncryptReport, PLAINTEXT_DB_NAME,
+    ResetPasswordReport, RotateOptions, RotateReport, VerifyReport,
 };
 
 /// Largest key or password file read, in bytes. Docker Swarm secrets are at
@@ -161,6 +161,16 @@ pub enum DbCommandError {
         /// True when the key that opens it has a newline the given key lacks.
         newline_added: bool,
     },
+    /// The database to verify is not encrypted.
+    #[error(
+        "{} is a plaintext database, so no key opens it; encrypt it with \
+         `portainer-key-agent db encrypt` before Portainer starts with a key",
+        path.display()
+    )]
+    Plaintext {
+        /// The plaintext database file or directory.
+        path: PathBuf,
+    },
     /// The database operation failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -176,7 +186,7 @@ impl DbCommandError {
             DbCommandError::InputNotFound { .. } | DbCommandError::InputUnreadable { .. } => 66,
             DbCommandError::InputTooLarge { .. } => 78,
             DbCommandError::InvalidPassword { .. } => 65,
-            DbCommandError::NewlineMismatch { .. } => 1,
+            DbCommandError::NewlineMismatch { .. } | DbCommandError::Plaintext { .. } => 1,
             DbCommandError::Db(error) => db_exit_code(error),
             DbCommandError::Output(_) => 74,
         }
@@ -190,10 +200,12 @@ fn db_exit_code(error: &DbError) -> u8 {
         | DbError::ValuesDoNotAuthenticate { .. }
         | DbError::Unwritable { .. }
         | DbError::MissingBucket { .. }
-        | DbError::UserNotFound { .. }
         | DbError::LostTransaction { .. }
         | DbError::InvalidUserRecord { .. } => 65,
-        DbError::NotFound { .. } | DbError::NotAFile { .. } | DbError::Read { .. } => 66,
+        DbError::NotFound { .. }
+        | DbError::NotAFile { .. }
+        | DbError::Read { .. }
+        | DbError::UserNotFound { .. } => 66,
         DbError::Write { .. }
         | DbError::AlreadyExists { .. }
         | DbError::SymbolicLink { .. }
@@ -207,8 +219,19 @@ fn db_exit_code(error: &DbError) -> u8 {
 /// with one trailing newline added or removed opens the database: the most
 /// common way a key goes wrong.
 fn explain_newline(error: DbError, db: &Path, key: &[u8]) -> DbCommandError {
+    if let DbError::NotFound { path } = &error {
+        let plaintext = super::files::parent_dir(path).join(PLAINTEXT_DB_NAME);
+        if plaintext.is_file() {
+            return DbCommandError::Plaintext { path: plaintext };
+        }
+    }
     if !error.is_key_mismatch() {
         return error.into();
+    }
+    if super::is_plaintext(db) {
+        return DbCommandError::Plaintext {
+            path: db.to_path_buf(),
+        };
     }
     let newline_added = !key.ends_with(b"\n");
     let mut variant = Zeroizing::new(key.to_vec());
@@ -285,6 +308,15 @@ pub fn run_with_output(args: DbArgs, out: &mut dyn Write) -> Result<(), DbComman
 fn run_reset(args: ResetAdminPasswordArgs, out: &mut dyn Write) -> Result<(), DbCommandError> {
     let key = args.key_file.as_deref().map(read_input_file).transpose()?;
     let mut password = read_input_file(&args.password_file)?;
+    let trimmed = password.strip_suffix(b"\n").unwrap_or(&password);
+    if crate::value::looks_like_bcrypt(trimmed) {
+        return Err(DbCommandError::InvalidPassword {
+            path: args.password_file.clone(),
+            reason: "the file holds a bcrypt hash, but this command hashes the password itself; \
+                     put the plaintext password in the file"
+                .to_owned(),
+        });
+    }
     crate::value::check_kind(crate::config::SecretKind::AdminPassword, &password).map_err(
         |reason| DbCommandError::InvalidPassword {
             path: args.password_file.clone(),

@@ -32,7 +32,7 @@ pub use password::{ResetPasswordReport, reset_admin_password};
 /// The BoltDB reader and writer, re-exported so `db::bolt` paths keep working.
 pub use portainer_bolt as bolt;
 pub use rotate::{BackupFileOutcome, FileOutcome, RotateOptions, RotateReport, RotateStep, rotate};
-pub use verify::{BucketSummary, SchemaVersion, VerifyReport, verify};
+pub use verify::{BucketSummary, SchemaVersion, VerifyReport, is_plaintext, verify};
 
 /// File name of the encrypted database in Portainer's data directory.
 pub const ENCRYPTED_DB_NAME: &str = "portainer.edb";

@@ -74,6 +74,20 @@ pub fn verify(db_path: &Path, key_file_bytes: &[u8]) -> Result<VerifyReport, DbE
     verify_bytes(&path, &data, &key)
 }
 
+/// Returns true when `db_path` (a file, or a data directory containing
+/// `portainer.edb`) is a database whose schema version reads without a key,
+/// that is, a plaintext database. Errors count as false.
+pub fn is_plaintext(db_path: &Path) -> bool {
+    let path = resolve_db_path(db_path, ENCRYPTED_DB_NAME);
+    let Ok(file) = LockedFile::open(&path, LockMode::Shared) else {
+        return false;
+    };
+    let Ok(data) = file.map() else {
+        return false;
+    };
+    parse(&data).is_ok_and(|layout| find_schema_version(&data, &layout, None).is_some())
+}
+
 /// Verifies a file image already in memory; `path` is used in errors only.
 pub(crate) fn verify_bytes(
     path: &Path,
