@@ -76,17 +76,24 @@ pub enum Database {
     Missing,
 }
 
-/// Looks for Portainer's database files in `data_dir`.
+/// Looks for Portainer's database files in `data_dir`. An empty
+/// `portainer.edb` counts as missing, because bbolt initialises an empty file
+/// as a new database under whatever key Portainer starts with.
 pub fn find_database(data_dir: &Path) -> Database {
     let encrypted = data_dir.join(ENCRYPTED_DB_NAME);
     let plaintext = data_dir.join(PLAINTEXT_DB_NAME);
-    if encrypted.exists() {
+    if encrypted.exists() && !is_empty_file(&encrypted) {
         Database::Encrypted(encrypted)
     } else if plaintext.exists() {
         Database::PlaintextOnly(plaintext)
     } else {
         Database::Missing
     }
+}
+
+/// Returns true for an existing regular file of length 0.
+pub fn is_empty_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|metadata| metadata.is_file() && metadata.len() == 0)
 }
 
 /// Fetches the candidates of an encryption key in turn and returns the first whose

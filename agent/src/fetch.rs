@@ -13,8 +13,9 @@ use tokio::time::Instant;
 
 use std::path::{Path, PathBuf};
 
-use crate::candidates::{Database, choose_key, find_database};
+use crate::candidates::{Database, choose_key, find_database, is_empty_file};
 use crate::config::{Config, SecretKind, SecretSpec, StoreKind, StoreSpec};
+use crate::db::PLAINTEXT_DB_NAME;
 use crate::exit::ExitStatus;
 use crate::retry::{Backoff, RetryError, retry};
 use crate::value::{Prepared, ValueError, prepare};
@@ -240,6 +241,10 @@ fn warn_unusual_key_name(secret: &SecretSpec) {
 /// Returns the encrypted database that keys must open, if any: `path` is
 /// Portainer's data directory or the `portainer.edb` file itself.
 fn database_to_verify(path: &Path) -> Result<Option<PathBuf>, RunError> {
+    if is_empty_file(path) {
+        tracing::info!(database = %path.display(), "the database file is empty, and Portainer's bbolt initialises it as a new database, so there is no key to verify");
+        return Ok(None);
+    }
     if path.is_file() {
         return Ok(Some(path.to_path_buf()));
     }
@@ -257,7 +262,13 @@ fn database_to_verify(path: &Path) -> Result<Option<PathBuf>, RunError> {
 
 fn database_in(data_dir: &Path) -> Option<PathBuf> {
     match find_database(data_dir) {
-        Database::Encrypted(path) => Some(path),
+        Database::Encrypted(path) => {
+            let plaintext = data_dir.join(PLAINTEXT_DB_NAME);
+            if plaintext.exists() {
+                tracing::warn!(plaintext = %plaintext.display(), encrypted = %path.display(), "both a plaintext and an encrypted database exist, and Portainer does not start while both do; move the one Portainer should not use out of the data directory");
+            }
+            Some(path)
+        }
         Database::PlaintextOnly(path) => {
             tracing::warn!(database = %path.display(), "the database is not encrypted yet; Portainer's own migration to encryption is unreliable since 2.20, so run `portainer-key-agent db encrypt` with this key before starting Portainer");
             None

@@ -124,16 +124,30 @@ fn verify_flags_single_damaged_value() {
     make_database(&path, Some(&key), &[]);
     let mut data = std::fs::read(&path).expect("read");
     let layout = bolt::parse(&data).expect("parses");
-    let victim = layout
+    let (index, victim) = layout
         .values
         .iter()
-        .find(|entry| entry.value.len() > 40)
+        .enumerate()
+        .find(|(_, entry)| entry.value.len() > 40)
         .expect("a value");
+    let bucket = layout
+        .buckets
+        .iter()
+        .find(|bucket| bucket.entries.contains(&index))
+        .expect("the value's bucket");
+    let bucket_name = String::from_utf8_lossy(&data[bucket.name.clone()]).into_owned();
     data[victim.value.start + 20] ^= 0x40;
     std::fs::write(&path, &data).expect("write");
 
     match verify(&path, b"abc") {
-        Err(DbError::ValuesDoNotAuthenticate { failed, .. }) => assert_eq!(failed, 1),
+        Err(DbError::ValuesDoNotAuthenticate {
+            failed,
+            first_bucket,
+            ..
+        }) => {
+            assert_eq!(failed, 1);
+            assert_eq!(first_bucket, bucket_name);
+        }
         other => panic!("expected one failed value, got {other:?}"),
     }
 }

@@ -313,6 +313,46 @@ fn verify_db_without_database_writes_current() {
     );
 }
 
+#[test]
+fn verify_db_warns_when_both_databases_exist() {
+    let aws = Aws::start();
+    let data = data_dir(OLD_KEY.as_bytes());
+    std::fs::write(data.path().join("portainer.db"), b"left by a migration").expect("write");
+
+    let output = aws.fetch_verified(data.path());
+
+    output.assert_exit(0);
+    assert!(
+        output
+            .log()
+            .contains("Portainer does not start while both do"),
+        "{}",
+        output.log()
+    );
+}
+
+#[test]
+fn verify_db_with_empty_database_writes_current() {
+    let aws = Aws::start();
+    let data = TempDir::new().expect("data directory");
+    std::fs::write(data.path().join("portainer.edb"), b"").expect("empty database");
+
+    for path in [data.path().to_path_buf(), data.path().join("portainer.edb")] {
+        let output = aws.fetch_verified(&path);
+
+        output.assert_exit(0);
+        assert!(
+            output.log().contains("no database yet") || output.log().contains("file is empty"),
+            "{}",
+            output.log()
+        );
+        assert_file(
+            &aws.tmpfs.join("portainer"),
+            Expected::default_owner(OLD_KEY.as_bytes()),
+        );
+    }
+}
+
 /// Holds bbolt's exclusive lock on `database`, as a running Portainer does,
 /// until the returned child is dropped.
 fn hold_lock(database: &Path) -> LockHolder {

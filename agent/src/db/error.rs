@@ -101,8 +101,8 @@ pub enum DbError {
     },
     /// Some encrypted values authenticate with the key and some do not.
     #[error(
-        "{failed} of {total} encrypted values in {} do not authenticate with the key; \
-         the file is damaged or mixes keys",
+        "{failed} of {total} encrypted values in {} do not authenticate with the key, \
+         the first in bucket {first_bucket:?}; the file is damaged or mixes keys",
         path.display()
     )]
     ValuesDoNotAuthenticate {
@@ -112,6 +112,9 @@ pub enum DbError {
         failed: u64,
         /// Encrypted values checked.
         total: u64,
+        /// Name of the bucket of the first value that failed, with bytes that
+        /// are not UTF-8 replaced.
+        first_bucket: String,
     },
     /// The output file already exists.
     #[error("{} already exists; Portainer does not start while portainer.db and portainer.edb both exist", path.display())]

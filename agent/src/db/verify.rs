@@ -109,6 +109,7 @@ pub(crate) fn verify_bytes(
                 path: path.to_path_buf(),
                 failed: counts.failed,
                 total: counts.encrypted,
+                first_bucket: bucket_of(data, &layout, counts.first_failed.unwrap_or(0)),
             }
         });
     }
@@ -131,6 +132,18 @@ struct Counts {
     encrypted: u64,
     failed: u64,
     pass_through: u64,
+    /// Index in `Layout::values` of the first value that failed.
+    first_failed: Option<usize>,
+}
+
+/// Returns the name of the bucket that contains value number `index`.
+fn bucket_of(data: &[u8], layout: &Layout, index: usize) -> String {
+    layout
+        .buckets
+        .iter()
+        .find(|bucket| bucket.entries.contains(&index))
+        .map(|bucket| String::from_utf8_lossy(&data[bucket.name.clone()]).into_owned())
+        .unwrap_or_default()
 }
 
 /// Authenticates every value, spreading large files over threads.
@@ -142,7 +155,11 @@ fn authenticate_all(data: &[u8], layout: &Layout, key: &PortainerKey) -> Counts 
         let workers: Vec<_> = layout
             .values
             .chunks(per_thread)
-            .map(|entries| scope.spawn(move || authenticate_entries(data, entries, key)))
+            .enumerate()
+            .map(|(chunk, entries)| {
+                let first_index = chunk * per_thread;
+                scope.spawn(move || authenticate_entries(data, entries, first_index, key))
+            })
             .collect();
         workers
             .into_iter()
@@ -154,16 +171,24 @@ fn authenticate_all(data: &[u8], layout: &Layout, key: &PortainerKey) -> Counts 
                     encrypted: total.encrypted + counts.encrypted,
                     failed: total.failed + counts.failed,
                     pass_through: total.pass_through + counts.pass_through,
+                    first_failed: total.first_failed.or(counts.first_failed),
                 }
             })
     })
 }
 
-fn authenticate_entries(data: &[u8], entries: &[ValueRef], key: &PortainerKey) -> Counts {
+/// Authenticates `entries`, which start at index `first_index` of the layout's
+/// values.
+fn authenticate_entries(
+    data: &[u8],
+    entries: &[ValueRef],
+    first_index: usize,
+    key: &PortainerKey,
+) -> Counts {
     let mut counts = Counts::default();
     let largest = entries.iter().map(|entry| entry.value.len()).max();
     let mut scratch = Zeroizing::new(Vec::with_capacity(largest.unwrap_or(0)));
-    for entry in entries {
+    for (offset, entry) in entries.iter().enumerate() {
         let value = &data[entry.value.clone()];
         if value == PASS_THROUGH_VALUE {
             counts.pass_through += 1;
@@ -172,6 +197,7 @@ fn authenticate_entries(data: &[u8], entries: &[ValueRef], key: &PortainerKey) -
         counts.encrypted += 1;
         if !key.authenticates(value, &mut scratch) {
             counts.failed += 1;
+            counts.first_failed.get_or_insert(first_index + offset);
         }
     }
     counts
