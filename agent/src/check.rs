@@ -1,7 +1,5 @@
 //! `check`: validate the configuration and, with `--connect`, every secret's value.
 
-use std::path::Path;
-
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -13,9 +11,10 @@ use crate::writer::{Medium, warn_disk};
 pub async fn run(config: &Config, connect: bool) -> Result<(), RunError> {
     log_start(config, "check");
     for secret in &config.secrets {
-        match placement(secret).check() {
+        let placement = placement(secret);
+        match placement.check() {
             Ok(Medium::Memory) => {}
-            Ok(Medium::Disk) => warn_disk(secret.target.parent().unwrap_or(Path::new("/"))),
+            Ok(Medium::Disk) => warn_disk(placement.directory()),
             Err(error) => {
                 tracing::warn!(secret = %secret.name, %error, "the target cannot be written on this machine");
             }

@@ -73,6 +73,11 @@ impl Placement {
         (directory, name)
     }
 
+    /// Returns the directory the target is written in.
+    pub fn directory(&self) -> &Path {
+        self.parts().0
+    }
+
     /// Checks the directory and the current target without writing anything.
     pub fn check(&self) -> Result<Medium, WriteError> {
         let (directory, name) = self.parts();

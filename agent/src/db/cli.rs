@@ -215,10 +215,11 @@ fn db_exit_code(error: &DbError) -> u8 {
     }
 }
 
-/// Turns a key mismatch into [`DbCommandError::NewlineMismatch`] when the key
-/// with one trailing newline added or removed opens the database: the most
-/// common way a key goes wrong.
-fn explain_newline(error: DbError, db: &Path, key: &[u8]) -> DbCommandError {
+/// Explains why a key does not open a database, where the cause is a common
+/// one: the database is plaintext ([`DbCommandError::Plaintext`]), or the key
+/// with one trailing newline added or removed opens it
+/// ([`DbCommandError::NewlineMismatch`]). Other errors pass through.
+fn explain_verify_failure(error: DbError, db: &Path, key: &[u8]) -> DbCommandError {
     if let DbError::NotFound { path } = &error {
         let plaintext = super::files::parent_dir(path).join(PLAINTEXT_DB_NAME);
         if plaintext.is_file() {
@@ -252,16 +253,11 @@ fn explain_newline(error: DbError, db: &Path, key: &[u8]) -> DbCommandError {
 /// Rejects a backup path that is one of the key files, which the copy of the
 /// database would overwrite.
 fn reject_key_file_as_backup(backup: &Path, key_files: &[&Path]) -> Result<(), DbError> {
-    let Some(backup) = super::rotate::comparable_path(backup) else {
-        return Ok(());
-    };
-    for key_file in key_files {
-        if super::rotate::comparable_path(key_file).as_ref() == Some(&backup) {
-            return Err(DbError::InvalidInput {
-                reason: "the backup path is a key file, which the copy of the database would \
-                         overwrite; choose another path",
-            });
-        }
+    if super::rotate::names_any_of(backup, key_files) {
+        return Err(DbError::InvalidInput {
+            reason: "the backup path is a key file, which the copy of the database would \
+                     overwrite; choose another path",
+        });
     }
     Ok(())
 }
@@ -277,7 +273,7 @@ pub fn run_with_output(args: DbArgs, out: &mut dyn Write) -> Result<(), DbComman
         DbCommand::Verify(args) => {
             let key = read_input_file(&args.key_file)?;
             let report = super::verify(&args.db, &key)
-                .map_err(|error| explain_newline(error, &args.db, &key))?;
+                .map_err(|error| explain_verify_failure(error, &args.db, &key))?;
             print_verify(out, &report).map_err(DbCommandError::Output)
         }
         DbCommand::Rotate(args) => {

@@ -72,7 +72,7 @@ pub(crate) enum ReencryptError {
 }
 
 /// Writes the re-encrypted image of `source` into `staged`, which must be
-/// empty. On error the staged file holds an unspecified part of the image.
+/// empty. On error the staged file contains an unspecified part of the image.
 pub(crate) fn reencrypt_into(
     source: &[u8],
     layout: &Layout,
@@ -227,7 +227,7 @@ fn rewrite_meta_pages(data: &mut [u8], layout: &Layout) {
     }
 }
 
-/// What every worker shares.
+/// The inputs every worker shares.
 struct Job<'a> {
     source: &'a [u8],
     layout: &'a Layout,
@@ -326,7 +326,7 @@ impl AlignedBuffer {
         AlignedBuffer { bytes, start }
     }
 
-    /// The first `len` bytes of the aligned part.
+    /// Returns the first `len` bytes of the aligned part.
     fn slice(&mut self, len: usize) -> &mut [u8] {
         &mut self.bytes[self.start..self.start + len]
     }
@@ -358,7 +358,14 @@ mod tests {
                 .iter()
                 .find(|chunk| chunk.values.contains(&index))
                 .expect("every value is in a chunk");
-            assert!(holder.bytes.start <= value.start && value.end <= holder.bytes.end);
+            assert!(
+                holder.bytes.start <= value.start,
+                "{value:?} starts before its chunk"
+            );
+            assert!(
+                value.end <= holder.bytes.end,
+                "{value:?} ends after its chunk"
+            );
         }
     }
 

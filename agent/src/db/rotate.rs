@@ -26,7 +26,7 @@ use super::{BACKUP_FILE, ENCRYPTED_DB_NAME, reject_lost_transaction, resolve_db_
 pub enum RotateStep {
     /// The lock is held and leftovers of an earlier run are removed.
     Locked,
-    /// The temporary copy holds every value re-encrypted and no stale data.
+    /// The temporary copy contains every value re-encrypted and no stale data.
     Reencrypted,
     /// The temporary copy is fsynced.
     CopyWritten,
@@ -176,13 +176,7 @@ fn check_backup_path(backup: &Path, database: &Path) -> Result<(), DbError> {
         temp_path(&portainer_backup, "rotate"),
         portainer_backup,
     ];
-    let Some(backup) = comparable_path(backup) else {
-        return Ok(());
-    };
-    if reserved
-        .iter()
-        .any(|path| comparable_path(path).as_ref() == Some(&backup))
-    {
+    if names_any_of(backup, &reserved) {
         return Err(DbError::InvalidInput {
             reason: "the backup path names the database, backups/portainer.edb.bak or a \
                      temporary copy, which the rotation replaces; choose another path",
@@ -191,9 +185,19 @@ fn check_backup_path(backup: &Path, database: &Path) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Returns the path with its directory resolved (links, `..`), for comparing
-/// paths of files that may not exist yet; `None` when the directory is missing.
-pub(crate) fn comparable_path(path: &Path) -> Option<PathBuf> {
+/// Returns true when `path` names the same file as one of `others`, once the
+/// directories are resolved (links, `..`). The files need not exist, but a
+/// path whose directory is missing matches nothing.
+pub(crate) fn names_any_of<P: AsRef<Path>>(path: &Path, others: &[P]) -> bool {
+    let Some(path) = comparable_path(path) else {
+        return false;
+    };
+    others
+        .iter()
+        .any(|other| comparable_path(other.as_ref()).as_ref() == Some(&path))
+}
+
+fn comparable_path(path: &Path) -> Option<PathBuf> {
     let directory = parent_dir(path).canonicalize().ok()?;
     Some(directory.join(path.file_name()?))
 }
